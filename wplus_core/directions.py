@@ -304,7 +304,7 @@ class DirectionLibrary:
         return ([f"interfacegan/{n}" for n in self._files("interfacegan_directions", ".pt")]
                 + [f"latent/{n}" for n in self._files("latent_directions", ".npy")]
                 + [f"ganspace/{n}" for n in self.presets]
-                + list(self.user_files()))
+                + sorted(self.user_files()))
 
     # loading -------------------------------------------------------------------------------
     def load(self, name_or_path: str | os.PathLike) -> Direction:
