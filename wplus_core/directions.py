@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from .errors import WPlusError
-from .latents import (LATENT_DIM, NUM_LAYERS, TOKEN_GROUPS, _single_tensor, check_wplus,
+from .latents import (LATENT_DIM, NUM_LAYERS, TOKEN_GROUPS, single_tensor, check_wplus,
                       read_tensor_file, save_safetensors_atomic)
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "directions")
@@ -203,7 +203,7 @@ def load_direction_file(path: str | os.PathLike, name: str | None = None, kind: 
     if isinstance(content, dict) and {"mean", "comp", "std"} <= set(content):
         raise WPlusError(f"direction file '{path}' is a GANSpace PCA file; only the bundled PCA is "
                          "supported (use the 'ganspace/...' directions).")
-    t = _single_tensor(content, path, preferred="direction")
+    t = single_tensor(content, path, preferred="direction")
     name = name or os.path.splitext(os.path.basename(path))[0]
     return Direction(name, kind, _as_direction_tensor(t, path), source=path)
 

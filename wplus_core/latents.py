@@ -14,7 +14,9 @@ API:
     next_free_path(directory, prefix="wplus", ext=".safetensors") -> "<dir>/<prefix>_00001_.safetensors"
     wplus_metadata(image_sha256=None, quad=None, model=None, pack_version=None, **extra) -> dict
     sha256_of(data)                                    -> hex digest of bytes / array / tensor pixels
-    save_safetensors_atomic(path, tensors, metadata=None, overwrite=False, what="file")
+    save_safetensors_atomic(path, tensors, metadata=None, overwrite=False, what="file") -> path
+    read_tensor_file(path, what="file")                -> (content, safetensors metadata), safely
+    single_tensor(content, path, preferred="wplus")    -> the one tensor/array in a file's content
 
 Files read by load_wplus:
     .pth/.pt/.bin  a tensor (1,18,512)/(18,512)/(B,18,512) or a dict holding one tensor (the
@@ -75,7 +77,7 @@ def check_wplus(w, what: str = "W+ latent") -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- reading
 
-def _single_tensor(obj, path: str, preferred: str = TENSOR_KEY):
+def single_tensor(obj, path: str, preferred: str = TENSOR_KEY):
     """The one tensor in `obj` (a tensor, an array or a dict holding one tensor)."""
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         return obj
@@ -152,7 +154,7 @@ def load_wplus(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
     """Read a W+ latent file -> (float32 CPU tensor (B,18,512) without grad, metadata dict)."""
     path = os.fspath(path)
     content, meta = read_tensor_file(path, "W+ latent file")
-    t = _single_tensor(content, path)
+    t = single_tensor(content, path)
     if isinstance(t, np.ndarray):
         if not np.issubdtype(t.dtype, np.floating):
             raise WPlusError(f"W+ latent file '{path}' holds a {t.dtype} array; expected floats.")
