@@ -1,0 +1,62 @@
+"""Host tests run against a real ComfyUI checkout (HOST.md): $COMFYUI_PATH, the folder two levels
+up (pack inside ComfyUI/custom_nodes/<pack>), or ~/comfy/ComfyUI. Without one they skip."""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parents[2]
+PACK_NAME = "comfyui_wplus_adapter"
+
+
+def find_comfyui():
+    for cand in (os.environ.get("COMFYUI_PATH"), PACK_ROOT.parent.parent, Path.home() / "comfy" / "ComfyUI"):
+        if cand and (Path(cand) / "comfy" / "model_patcher.py").is_file():
+            return Path(cand).resolve()
+    return None
+
+
+COMFYUI = find_comfyui()
+SKIP_REASON = "no ComfyUI checkout found (COMFYUI_PATH, ../.., ~/comfy/ComfyUI): host tests skipped"
+
+
+def pytest_collection_modifyitems(config, items):
+    if COMFYUI is None:
+        marker = pytest.mark.skip(reason=SKIP_REASON)
+        for item in items:
+            if "tests/host" in str(item.fspath).replace(os.sep, "/"):
+                item.add_marker(marker)
+
+
+def pytest_report_header(config):
+    return f"ComfyUI host: {COMFYUI}" if COMFYUI else SKIP_REASON
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """Import the real ComfyUI in-process (CPU) and return its root."""
+    if COMFYUI is None:
+        pytest.skip(SKIP_REASON)
+    if str(COMFYUI) not in sys.path:
+        sys.path.insert(0, str(COMFYUI))
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+    return COMFYUI
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """The pack imported the way ComfyUI imports a custom node package."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(PACK_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,29 @@
+"""A random-weight UNet with the real SD1.5 layout, built by ComfyUI's own model classes."""
+import torch
+
+SD15_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+    "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def random_sd15_patcher(seed=0, std=0.05):
+    import comfy.model_detection
+    import comfy.model_management
+    import comfy.model_patcher
+    config = comfy.model_detection.model_config_from_unet_config(dict(SD15_UNET))
+    assert type(config).__name__ == "SD15", type(config)
+    model = config.get_model({}, "")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.diffusion_model.state_dict(keep_vars=True).items():
+            if p.dim() == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    dev = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)

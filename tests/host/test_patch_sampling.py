@@ -1,0 +1,243 @@
+"""ApplyWPlusAdapter through ComfyUI's real sampler vs an independent implementation of the reference.
+
+One euler step returns the CFG-combined denoised prediction, so comparing sampler outputs compares
+the patched model's predictions at that sigma.
+"""
+import math
+
+import pytest
+import torch
+
+from tests.host.sd15 import random_sd15_patcher
+from tests.test_adapter import official_state_dict
+
+LATENT = (1, 4, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def base(comfy):
+    return random_sd15_patcher()
+
+
+@pytest.fixture(scope="module")
+def adapter(pack):
+    from comfyui_wplus_adapter.wplus_core.adapter import load_wplus_adapter
+    return load_wplus_adapter(official_state_dict(seed=3, std=0.05))
+
+
+@pytest.fixture(scope="module")
+def apply(pack):
+    from comfyui_wplus_adapter.nodes.wplus_patch import apply_wplus
+    return apply_wplus
+
+
+def conds(batch=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(batch, 77, 768, generator=g)
+    neg = torch.randn(batch, 77, 768, generator=g)
+    return [[pos, {}]], [[neg, {}]]
+
+
+def run(model, cfg, batch=1, seed=0):
+    import comfy.sample
+    pos, neg = conds(batch, seed)
+    latent = torch.zeros(batch, *LATENT[1:])
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed + 1))
+    return comfy.sample.sample(model, noise, 1, cfg, "euler", "normal", pos, neg, latent,
+                               disable_pbar=True, seed=seed)
+
+
+# ---- the reference maths, written plainly (independent of wplus_core's folded form)
+def plain_attention(q, k, v, heads):
+    b, n, c = q.shape
+    d = c // heads
+    q = q.reshape(b, n, heads, d).permute(0, 2, 1, 3)
+    k = k.reshape(b, -1, heads, d).permute(0, 2, 1, 3)
+    v = v.reshape(b, -1, heads, d).permute(0, 2, 1, 3)
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return (w @ v).permute(0, 2, 1, 3).reshape(b, n, c)
+
+
+class ReferenceSite:
+    """text_out + sum_i weight_i * mask_i * attn(text_out Wq^T, tok Wk^T, tok Wv^T) per batch row."""
+
+    def __init__(self, site_sd, identities, inner=None):
+        self.sd, self.identities, self.inner = site_sd, identities, inner
+
+    def __call__(self, q, k, v, extra):
+        heads = extra["n_heads"]
+        text = self.inner(q, k, v, extra) if self.inner else plain_attention(q, k, v, heads)
+        chunks = extra["cond_or_uncond"]
+        per = q.shape[0] // len(chunks)
+        out = text
+        for cond_tokens, uncond_tokens, weight, mask in self.identities:
+            toks = []
+            for c in chunks:
+                t = uncond_tokens if c == 1 else cond_tokens
+                toks.append(t.expand(per, -1, -1) if t.shape[0] == 1 else t)
+            toks = torch.cat(toks)
+            qw = text @ self.sd["q"].T
+            kw, vw = toks @ self.sd["k"].T, toks @ self.sd["v"].T
+            branch = weight * plain_attention(qw, kw, vw, heads)
+            if mask is not None:
+                hw = text.shape[1]
+                H, W = extra["original_shape"][-2:]
+                f = int(round(math.sqrt(H * W / hw)))
+                m = torch.nn.functional.interpolate(mask[:, None], size=(H // f, W // f), mode="bilinear")
+                branch = branch * m.reshape(m.shape[0], hw, 1).repeat(len(chunks), 1, 1) if m.shape[0] > 1 \
+                    else branch * m.reshape(1, hw, 1)
+            out = out + branch
+        return out
+
+
+def reference_model(base, sd, identities, inner_patch=None):
+    from comfyui_wplus_adapter.wplus_core.adapter import SITES
+    m = base.clone()
+    for s in SITES:
+        site_sd = {p: sd["wplus_adapter"][f"{s.index}.to_{p}_wplus.weight"] for p in "qkv"}
+        m.set_model_attn2_replace(ReferenceSite(site_sd, identities, inner_patch), s.block[0], s.block[1])
+    return m
+
+
+def project(sd, w):
+    p = sd["w_proj"]
+    toks = [w[:, a:b].reshape(w.shape[0], -1) @ p[f"proj_{i}.weight"].T
+            for i, (a, b) in enumerate(((0, 4), (4, 8), (8, 12), (12, 18)))]
+    return torch.nn.functional.layer_norm(torch.stack(toks, 1), (768,), p["norm.weight"], p["norm.bias"])
+
+
+SD = official_state_dict(seed=3, std=0.05)
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("cfg", [1.0, 5.0])
+def test_patched_prediction_equals_reference(base, adapter, apply, cfg):
+    w = torch.randn(1, 18, 512)
+    got = run(apply(base, adapter, w, 0.8, 0.0, 1.0), cfg)
+    ident = (project(SD, w), project(SD, torch.zeros(1, 18, 512)), 0.8, None)
+    want = run(reference_model(base, SD, [ident]), cfg)
+    plain = run(base, cfg)
+    assert rel(got, want) < 1e-4
+    assert rel(got, plain) > 1e-3  # the adapter really changed the prediction
+
+
+def test_weight_zero_and_outside_window_are_exactly_unpatched(base, adapter, apply):
+    w = torch.randn(1, 18, 512)
+    plain = run(base, 5.0)
+    assert torch.equal(run(apply(base, adapter, w, 0.0, 0.0, 1.0), 5.0), plain)
+    # one step runs at sigma_max (percent 0): a window starting at 0.5 excludes it
+    assert torch.equal(run(apply(base, adapter, w, 1.0, 0.5, 1.0), 5.0), plain)
+
+
+def test_batch_maps_one_to_one_and_broadcasts(base, adapter, apply):
+    w = torch.randn(2, 18, 512)
+    got = run(apply(base, adapter, w, 1.0, 0.0, 1.0), 4.0, batch=2)
+    ident = (project(SD, w), project(SD, torch.zeros(1, 18, 512)), 1.0, None)
+    want = run(reference_model(base, SD, [ident]), 4.0, batch=2)
+    assert rel(got, want) < 1e-4
+    one = run(apply(base, adapter, w[:1], 1.0, 0.0, 1.0), 4.0, batch=2)
+    ident1 = (project(SD, w[:1]), project(SD, torch.zeros(1, 18, 512)), 1.0, None)
+    assert rel(one, run(reference_model(base, SD, [ident1]), 4.0, batch=2)) < 1e-4
+
+
+def test_wplus_batch_mismatch_is_a_clear_error(base, adapter, apply):
+    from comfyui_wplus_adapter.wplus_core.errors import WPlusError
+    with pytest.raises(WPlusError, match="WPLUS batch has 3"):
+        run(apply(base, adapter, torch.randn(3, 18, 512), 1.0, 0.0, 1.0), 4.0, batch=2)
+
+
+class IPAdapterLike:
+    """Another pack's attn2 replace patch: plain attention plus its own extra-token attention."""
+
+    def __init__(self, seed=7):
+        g = torch.Generator().manual_seed(seed)
+        self.k = torch.randn(1, 4, 1280, generator=g)
+        self.v = torch.randn(1, 4, 1280, generator=g)
+
+    def __call__(self, q, k, v, extra):
+        heads = extra["n_heads"]
+        c = q.shape[-1]
+        kk = self.k[..., :c].expand(q.shape[0], -1, -1)
+        vv = self.v[..., :c].expand(q.shape[0], -1, -1)
+        return plain_attention(q, k, v, heads) + 0.5 * plain_attention(q, kk, vv, heads)
+
+
+def with_ipa(model, ipa):
+    from comfyui_wplus_adapter.wplus_core.adapter import SITES
+    m = model.clone()
+    for s in SITES:
+        m.set_model_attn2_replace(ipa, s.block[0], s.block[1])
+    return m
+
+
+def test_composes_with_ip_adapter_style_patch_in_both_orders(base, adapter, apply):
+    ipa = IPAdapterLike()
+    w = torch.randn(1, 18, 512)
+    before = run(apply(with_ipa(base, ipa), adapter, w, 1.0, 0.0, 1.0), 5.0)
+    after = run(with_ipa(apply(base, adapter, w, 1.0, 0.0, 1.0), ipa), 5.0)
+    ident = (project(SD, w), project(SD, torch.zeros(1, 18, 512)), 1.0, None)
+    want = run(reference_model(base, SD, [ident], inner_patch=ipa), 5.0)
+    assert rel(before, want) < 1e-4 and rel(after, want) < 1e-4
+    assert rel(before, run(with_ipa(base, ipa), 5.0)) > 1e-3  # both stay active
+
+
+def test_lora_patched_weights_compose(base, adapter, apply):
+    key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    lora = base.clone()
+    delta = torch.randn(320, 768, generator=torch.Generator().manual_seed(5)) * 0.05
+    lora.add_patches({key: (delta,)}, 1.0)
+    w = torch.randn(1, 18, 512)
+    ident = (project(SD, w), project(SD, torch.zeros(1, 18, 512)), 1.0, None)
+    got_after = run(apply(lora, adapter, w, 1.0, 0.0, 1.0), 5.0)   # LoRA before W+
+    lora2 = apply(base, adapter, w, 1.0, 0.0, 1.0)
+    lora2.add_patches({key: (delta,)}, 1.0)                        # LoRA after W+
+    got_before = run(lora2, 5.0)
+    want = run(reference_model(lora, SD, [ident]), 5.0)
+    assert rel(got_after, want) < 1e-4 and rel(got_before, want) < 1e-4
+
+
+def test_two_identities_with_masks(base, adapter, apply):
+    wa, wb = torch.randn(1, 18, 512), torch.randn(1, 18, 512)
+    ma = torch.zeros(1, 64, 64)
+    ma[:, :, :32] = 1
+    mb = 1 - ma
+    m = apply(apply(base, adapter, wa, 1.0, 0.0, 1.0, ma), adapter, wb, 0.7, 0.0, 1.0, mb)
+    zero = project(SD, torch.zeros(1, 18, 512))
+    want = run(reference_model(base, SD, [(project(SD, wa), zero, 1.0, ma), (project(SD, wb), zero, 0.7, mb)]), 5.0)
+    assert rel(run(m, 5.0), want) < 1e-4
+
+
+def test_no_mutation_and_no_pile_up(base, adapter, apply):
+    import copy
+    options_before = copy.deepcopy(base.model_options)
+    wrappers_before = {k: {kk: list(vv) for kk, vv in v.items()} for k, v in base.wrappers.items()}
+    w = torch.randn(1, 18, 512)
+    first = run(apply(base, adapter, w, 1.0, 0.0, 1.0), 5.0)
+    run(apply(base, adapter, w, 0.5, 0.0, 1.0), 5.0)
+    third = run(apply(base, adapter, w, 1.0, 0.0, 1.0), 5.0)
+    assert torch.equal(first, third)
+    assert base.model_options == options_before
+    assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in base.wrappers.items()} == wrappers_before
+
+
+@pytest.mark.parametrize("arch", ["SDXL", "SD20"])
+def test_non_sd15_models_are_refused(comfy, adapter, apply, arch):
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    from comfyui_wplus_adapter.wplus_core.errors import WPlusError
+    unet = {"SDXL": {"model_channels": 320, "use_linear_in_transformer": True, "transformer_depth": [0, 0, 2, 2, 10, 10],
+                     "context_dim": 2048, "adm_in_channels": 2816, "use_temporal_attention": False},
+            "SD20": {"context_dim": 1024, "model_channels": 320, "use_linear_in_transformer": True,
+                     "adm_in_channels": None, "use_temporal_attention": False}}[arch]
+    config = getattr(sm, arch)(dict(unet))
+    config.unet_config.update({"in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2, 2][:len(unet.get("transformer_depth", [1]*8)) // 2 or 4],
+                               "channel_mult": [1, 2, 4][: len(unet.get("transformer_depth", [0]*6)) // 2] if arch == "SDXL" else [1, 2, 4, 4],
+                               "num_head_channels": 64})
+    model = comfy.model_patcher.ModelPatcher(type("M", (torch.nn.Module,), {})(), load_device=torch.device("cpu"),
+                                             offload_device=torch.device("cpu"))
+    model.model.model_config = config
+    with pytest.raises(WPlusError, match="not an SD1.5"):
+        apply(model, adapter, torch.randn(1, 18, 512), 1.0, 0.2, 1.0)
