@@ -16,6 +16,7 @@ import comfy.patcher_extension
 
 from ..wplus_core.adapter import SITES, FoldedSite, WPlusAdapter
 from ..wplus_core.errors import WPlusError
+from ..wplus_core.latents import check_wplus
 
 WRAPPER_KEY = "wplus_adapter"
 
@@ -164,7 +165,6 @@ class SiteAttention:
 def apply_wplus(model, adapter: WPlusAdapter, wplus: torch.Tensor, weight: float = 1.0,
                 start_at: float = 0.2, end_at: float = 1.0, mask: torch.Tensor | None = None):
     """Return a patched clone of ``model`` (the input model is never modified)."""
-    from ..wplus_core.adapter import check_wplus
     check_sd15_model(model)
     w = check_wplus(wplus, "wplus")
     if not 0.0 <= start_at <= end_at <= 1.0:

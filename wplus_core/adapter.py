@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from .checkpoints import read_weights
 from .errors import WPlusError
+from .latents import TOKEN_GROUPS, check_wplus
 
-TOKEN_GROUPS = ((0, 4), (4, 8), (8, 12), (12, 18))  # W+ layers behind each of the 4 tokens
 CROSS_DIM = 768  # SD1.5 text width; the adapter's keys/values read 768-wide tokens
 
 
@@ -102,21 +102,6 @@ class WPlusAdapter:
     def uncond_tokens(self) -> torch.Tensor:
         """The reference's negative-branch tokens: the projection of an all-zero W+ (1,4,768)."""
         return self.project(torch.zeros(1, 18, 512))
-
-
-def check_wplus(w, name: str = "W+") -> torch.Tensor:
-    """Validate a W+ latent: (B,18,512), (18,512); finite. Returns (B,18,512)."""
-    if not isinstance(w, torch.Tensor):
-        raise WPlusError(f"{name} must be a tensor of shape (B,18,512), got {type(w).__name__}.")
-    if w.dim() == 2:
-        w = w.unsqueeze(0)
-    if w.dim() != 3 or tuple(w.shape[1:]) != (18, 512):
-        raise WPlusError(f"{name} has shape {tuple(w.shape)}; a W+ latent is (B,18,512) "
-                         "(18 StyleGAN layers x 512). Connect the output of E4EInvert or Load W+.")
-    if not torch.isfinite(w).all():
-        raise WPlusError(f"{name} contains NaN or Inf values; re-run the inversion or check the edit "
-                         "strengths that produced it.")
-    return w
 
 
 # ----------------------------------------------------------------------------- loading
