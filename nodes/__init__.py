@@ -15,3 +15,7 @@ def _collect(module):
 from . import adapter_nodes  # noqa: E402
 
 _collect(adapter_nodes)
+
+from . import wplus_nodes  # noqa: E402
+
+_collect(wplus_nodes)

@@ -18,6 +18,7 @@ FOLDERS = {  # folder_paths name -> (sub-folder of models/, extensions, official
     "e4e": ("e4e", WEIGHT_EXTS, ("e4e_ffhq_encode.pt",)),
     "facexlib": ("facexlib", {".pth"}, ()),
     "wplus_directions": (os.path.join("wplus", "directions"), DIRECTION_EXTS, ()),
+    "wplus_latents": (os.path.join("wplus", "latents"), {".safetensors", ".pt", ".pth", ".npy"}, ()),
 }
 
 
@@ -32,6 +33,10 @@ def register_folders() -> None:
         if path not in paths:
             paths.append(path)
         known.update(exts)
+    # saved latents (output/wplus) are offered by Load W+ too
+    saved = os.path.join(folder_paths.get_output_directory(), "wplus")
+    if saved not in folder_paths.folder_names_and_paths["wplus_latents"][0]:
+        folder_paths.folder_names_and_paths["wplus_latents"][0].append(saved)
 
 
 def choices(name: str) -> list[str]:

@@ -1,0 +1,63 @@
+"""W+ latent nodes inside the real host (folder_paths, node classes as ComfyUI calls them)."""
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+def test_registered_keys_and_display_names(pack):
+    keys = set(pack.NODE_CLASS_MAPPINGS)
+    assert {"ApplyWPlusAdapter", "WPlusAdapterLoader", "WPlusEdit", "WPlusInterpolate", "WPlusSave", "WPlusLoad"} <= keys
+    assert "FaceAlign" not in keys  # namespaced: a bare key collides with other face packs
+    assert all(n.startswith("W+") for n in pack.NODE_DISPLAY_NAME_MAPPINGS.values())
+    for cls in pack.NODE_CLASS_MAPPINGS.values():
+        spec = cls.INPUT_TYPES()
+        for group in spec.values():
+            for name, (typ, *opts) in group.items():
+                assert opts and "tooltip" in opts[0], f"{cls.__name__}.{name} has no tooltip"
+
+
+def test_edit_sweep_is_one_batch_with_both_ends(nodes, pack):
+    core = pack.wplus_core.directions
+    w = torch.randn(2, 18, 512)
+    (out,) = nodes["WPlusEdit"]().edit(w, "interfacegan/smile", "-4..4/5", -1, -1, "relative")
+    assert out.shape == (10, 18, 512)
+    d = core.load_direction("interfacegan/smile")
+    torch.testing.assert_close(out[4], w[0] + 4 * d.vector)
+    torch.testing.assert_close(out[5], w[1] - 4 * d.vector)
+    (one,) = nodes["WPlusEdit"]().edit(w[:1], "ganspace/big_smile", "3", 2, 5, "relative")
+    assert torch.equal(one[0, :2], w[0, :2]) and not torch.equal(one[0, 2:5], w[0, 2:5])
+    assert torch.equal(one[0, 5:], w[0, 5:])
+
+
+def test_bad_strengths_and_wrong_shape_are_clear(nodes, pack):
+    err = pack.wplus_core.errors.WPlusError
+    with pytest.raises(err, match="strengths 'smile' is not understood"):
+        nodes["WPlusEdit"]().edit(torch.randn(1, 18, 512), "interfacegan/age", "smile", -1, -1, "relative")
+    with pytest.raises(err, match=r"shape \(1, 16, 512\)"):
+        nodes["WPlusEdit"]().edit(torch.randn(1, 16, 512), "interfacegan/age", "1", -1, -1, "relative")
+
+
+def test_interpolate_groups(nodes):
+    a, b = torch.zeros(1, 18, 512), torch.ones(1, 18, 512)
+    (m,) = nodes["WPlusInterpolate"]().mix(a, b, 0.5, 1.0, -1.0, -1.0, 0.0)
+    assert torch.equal(m[0, :4], b[0, :4]) and torch.allclose(m[0, 4:12], torch.full((8, 512), 0.5))
+    assert torch.equal(m[0, 12:], a[0, 12:])
+
+
+def test_save_never_overwrites_and_load_round_trips(nodes, pack, tmp_path, monkeypatch):
+    import folder_paths
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path))
+    w = torch.randn(1, 18, 512)
+    first = nodes["WPlusSave"]().save(w, "wplus/face")["ui"]["text"][0]
+    second = nodes["WPlusSave"]().save(w * 2, "wplus/face")["ui"]["text"][0]
+    assert first != second and os.path.isfile(tmp_path / first) and os.path.isfile(tmp_path / second)
+    loaded, meta = pack.wplus_core.latents.load_wplus(str(tmp_path / first))
+    assert torch.equal(loaded, w) and meta.get("pack_version")
+    with pytest.raises(pack.wplus_core.errors.WPlusError):
+        nodes["WPlusSave"]().save(w, "../escape")
