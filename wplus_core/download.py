@@ -1,0 +1,145 @@
+"""Fetch a weights file on demand: progress, sha256 check, atomic write, clear offline errors.
+
+Public API
+    ensure_file(folder, filename, url, sha256=None, progress=None) -> str (the file's path)
+    ensure_known_file(folder, filename, progress=None) -> str   (url/sha256 from KNOWN_FILES)
+    KNOWN_FILES: {filename: (url, sha256 or None, size in bytes or None)}
+    OFFLINE_ENV = "WPLUS_OFFLINE"  (set to 1 to forbid every download)
+
+``progress(done_bytes, total_bytes)`` is called as bytes arrive (``total_bytes`` is 0 when the
+server does not announce a length); the node layer hooks ComfyUI's ProgressBar to it. An
+exception raised by the callback (e.g. an interrupt) aborts the download and propagates as is.
+
+The file is streamed to ``<final>.part-<random>`` in the same folder and moved into place with
+``os.replace`` only once complete and verified, so the final name never holds a partial file and
+two processes downloading at once cannot corrupt each other. Every failure is a WPlusError naming
+the file, the folder and the URL, and telling the user how to place the file by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import secrets
+import urllib.error
+import urllib.request
+
+from .errors import WPlusError
+
+__all__ = ["KNOWN_FILES", "OFFLINE_ENV", "ensure_file", "ensure_known_file", "is_offline"]
+
+OFFLINE_ENV = "WPLUS_OFFLINE"
+_CHUNK = 1 << 20
+_TIMEOUT_S = 30
+
+_FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
+_WPLUS = "https://github.com/csxmli2016/w-plus-adapter/releases/download/v1"
+
+# URLs: facexlib's own init_*_model() and the W+ project's release (tag v1).
+# sha256/size of the facexlib files: the Git LFS records of several independent Hugging Face
+# mirrors, which agree with each other. The W+ files have no published checksum (None).
+KNOWN_FILES: dict[str, tuple[str, str | None, int | None]] = {
+    "detection_Resnet50_Final.pth": (
+        f"{_FACEXLIB}/v0.1.0/detection_Resnet50_Final.pth",
+        "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d", 109497761),
+    "detection_mobilenet0.25_Final.pth": (
+        f"{_FACEXLIB}/v0.1.0/detection_mobilenet0.25_Final.pth",
+        "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220", 1789735),
+    "parsing_parsenet.pth": (
+        f"{_FACEXLIB}/v0.2.2/parsing_parsenet.pth",
+        "3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2", 85331193),
+    "parsing_bisenet.pth": (
+        f"{_FACEXLIB}/v0.2.0/parsing_bisenet.pth",
+        "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567", 53289463),
+    "wplus_adapter.bin": (f"{_WPLUS}/wplus_adapter.bin", None, None),
+    "wplus_adapter_stage1.bin": (f"{_WPLUS}/wplus_adapter_stage1.bin", None, None),
+    "e4e_ffhq_encode.pt": (f"{_WPLUS}/e4e_ffhq_encode.pt", None, None),
+}
+
+
+def is_offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _manual_hint(folder: str, filename: str, url: str, lead: str = "Download") -> str:
+    return (f"{lead} it manually from {url} and put it in {folder} "
+            f"(the file must be named {filename}).")
+
+
+def ensure_file(folder, filename: str, url: str, sha256: str | None = None, progress=None) -> str:
+    """Path of ``folder/filename``, downloading it from ``url`` first if it is absent."""
+    folder = os.path.abspath(os.fspath(folder))
+    final = os.path.join(folder, filename)
+    if os.path.isfile(final):
+        if os.path.getsize(final) > 0:
+            return final
+        os.remove(final)  # an empty file is a leftover of some failed copy: fetch it again
+    if is_offline():
+        raise WPlusError(f"{filename} is missing from {folder} and downloads are disabled "
+                         f"({OFFLINE_ENV}=1). " + _manual_hint(folder, filename, url))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise WPlusError(f"cannot create the folder {folder} for {filename} ({e}). "
+                         + _manual_hint(folder, filename, url)) from e
+    tmp = f"{final}.part-{secrets.token_hex(4)}"
+    try:
+        digest = _download(url, tmp, progress, filename, folder)
+        if sha256 is not None and digest != sha256.lower():
+            raise WPlusError(f"{filename} downloaded from {url} is corrupt: sha256 {digest}, "
+                             f"expected {sha256.lower()}; nothing was saved in {folder}. Try again, "
+                             "or " + _manual_hint(folder, filename, url, "download"))
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def ensure_known_file(folder, filename: str, progress=None) -> str:
+    """:func:`ensure_file` with the URL and checksum of ``KNOWN_FILES[filename]``."""
+    if filename not in KNOWN_FILES:
+        raise WPlusError(f"no download location is known for {filename}; put it in "
+                         f"{os.path.abspath(os.fspath(folder))} yourself")
+    url, sha, _size = KNOWN_FILES[filename]
+    return ensure_file(folder, filename, url, sha256=sha, progress=progress)
+
+
+def _download(url: str, dest: str, progress, filename: str, folder: str) -> str:
+    """Stream ``url`` into ``dest``; return the sha256 hex digest of what was written."""
+    hasher = hashlib.sha256()
+    done = 0
+    total = 0
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "wplus-adapter/1"})
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            with open(dest, "wb") as out:
+                if progress is not None:
+                    progress(0, total)
+                while True:
+                    chunk = response.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        # Refused connections, timeouts, HTTP errors, cut connections (IncompleteRead,
+        # RemoteDisconnected) and disk errors all land here.
+        reason = getattr(e, "reason", None) or e
+        if isinstance(e, urllib.error.HTTPError):
+            reason = f"HTTP {e.code} {e.reason}"
+        raise WPlusError(f"could not download {filename} into {folder} from {url} "
+                         f"({type(e).__name__}: {reason}). "
+                         + _manual_hint(folder, filename, url)) from e
+    if total and done != total:
+        raise WPlusError(f"the download of {filename} from {url} stopped after {done} of {total} "
+                         f"bytes; nothing was saved in {folder}. Try again, or "
+                         + _manual_hint(folder, filename, url, "download"))
+    if done == 0:
+        raise WPlusError(f"the server sent an empty file for {filename} ({url}); nothing was saved "
+                         f"in {folder}. " + _manual_hint(folder, filename, url))
+    return hasher.hexdigest()
