@@ -236,7 +236,9 @@ def load_e4e(path_or_state_dict, device=None, dtype=None) -> E4E:
         raise WPlusError(f"{WHAT} '{name}' does not fit the e4e architecture: {str(e).splitlines()[0]}") from e
     model = E4E(encoder, generator, latent_avg.float(), opts, source=name)
     model.requires_grad_(False).eval()
-    # channels_last: oneDNN / cuDNN run these convs markedly faster in NHWC
-    model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    model.to(device=device, dtype=dtype)
+    # channels_last: oneDNN / cuDNN run these convs markedly faster in NHWC (the generator's
+    # weights are 5-D and modulated per call; it switches its activations itself)
+    model.encoder.to(memory_format=torch.channels_last)
     model.latent_avg = model.latent_avg.float()
     return model

@@ -45,10 +45,11 @@ def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None, negative_slope:
 
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1,
-              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+              pad: tuple[int, int] = (0, 0), bias: torch.Tensor | None = None) -> torch.Tensor:
     """rosinality's upfirdn2d for down=1 and non-negative pads, per channel (depthwise).
 
-    up=1: pad (pad0 before, pad1 after, both axes) and correlate with the flipped kernel.
+    up=1: pad (pad0 before, pad1 after, both axes) and correlate with the flipped kernel; an
+    optional per-channel ``bias`` is added by the same conv call.
     up>1: zero insertion, pad and filtering fused into a transposed conv with the kernel; the
     transposed conv's full output starts ``kh-1-pad0`` samples before the padded filter output.
     """
@@ -57,7 +58,9 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1,
     pad0, pad1 = pad
     if up == 1:
         weight = kernel.flip([0, 1]).to(x.dtype).expand(channels, 1, kh, kw)
-        return F.conv2d(F.pad(x, [pad0, pad1, pad0, pad1]), weight, groups=channels)
+        return F.conv2d(F.pad(x, [pad0, pad1, pad0, pad1]), weight, bias, groups=channels)
+    if bias is not None:
+        raise NotImplementedError("upfirdn2d: bias with up > 1")
     if not (0 <= pad0 <= min(kh, kw) - 1 and pad1 >= 0):
         raise NotImplementedError(f"upfirdn2d pad {pad} with a {kh}x{kw} kernel")
     weight = kernel.to(x.dtype).expand(channels, 1, kh, kw)
@@ -105,8 +108,8 @@ class Blur(nn.Module):
         self.register_buffer("kernel", torch.empty(kernel_size, kernel_size))
         self.pad = pad
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad, bias=bias)
 
 
 class Upsample(nn.Module):
@@ -139,30 +142,39 @@ class ModulatedConv2d(nn.Module):
         self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
         self.padding = kernel_size // 2
 
-    def modulated_weight(self, style: torch.Tensor) -> torch.Tensor:
-        """(B, out, in, k, k) per-sample weights, computed in float32."""
+    def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        """(B, out, in, k, k) per-sample weights, times ``gain``, computed in float32.
+
+        Demodulation uses sum_{i,k}(scale*W[o,i,k]*s[i])^2 = scale^2 * sum_i s[i]^2 sum_k W[o,i,k]^2,
+        so the big weight tensor is read twice and written once.
+        """
         lin = self.modulation
         s = F.linear(style.float(), lin.weight.float() * lin.scale, lin.bias.float() * lin.lr_mul)
-        weight = self.weight.float() * self.scale * s[:, None, :, None, None]
+        weight = self.weight.float()
+        coef = (self.scale * gain) * s[:, None, :]                                   # (B, 1, in)
         if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum([2, 3, 4], keepdim=True) + 1e-8)
-        return weight
+            energy = (s * s) @ weight[0].square().sum([2, 3]).t() * self.scale ** 2  # (B, out)
+            coef = coef * torch.rsqrt(energy + 1e-8)[:, :, None]                   # (B, out, in)
+        return weight * coef[..., None, None]
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, bias: torch.Tensor | None = None,
+                gain: float = 1.0) -> torch.Tensor:
+        """Modulated conv of x; ``gain`` scales the output and ``bias`` (per out channel) is added
+        by the conv (or blur) call itself, which saves full-resolution elementwise passes."""
         batch, in_channel, height, width = x.shape
         k = self.kernel_size
-        weight = self.modulated_weight(style).to(x.dtype)
-        # batch folded into groups: one conv call whatever the batch size
-        x = x.reshape(1, batch * in_channel, height, width)
+        weight = self.modulated_weight(style, gain).to(x.dtype)
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        if batch > 1:  # batch folded into the groups: one conv call whatever the batch size
+            x = x.reshape(1, batch * in_channel, height, width)
         if self.upsample:
             weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
             out = F.conv_transpose2d(x, weight, stride=2, groups=batch)
-            out = self.blur(out.view(batch, self.out_channel, *out.shape[-2:]))
-        else:
-            weight = weight.reshape(batch * self.out_channel, in_channel, k, k)
-            out = F.conv2d(x, weight, padding=self.padding, groups=batch)
-            out = out.view(batch, self.out_channel, *out.shape[-2:])
-        return out
+            return self.blur(out.view(batch, self.out_channel, *out.shape[-2:]), bias)
+        weight = weight.reshape(batch * self.out_channel, in_channel, k, k)
+        out = F.conv2d(x, weight, None if bias is None else bias.repeat(batch), padding=self.padding, groups=batch)
+        return out.view(batch, self.out_channel, *out.shape[-2:])
 
 
 class NoiseInjection(nn.Module):
@@ -192,7 +204,12 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise))
+        # = fused_leaky_relu(conv(x) + w_noise*noise, bias): leaky ReLU is positively homogeneous,
+        # so the sqrt(2) gain goes into the conv weights and the bias into the conv call, leaving
+        # one in-place noise add and one in-place activation at full resolution.
+        out = self.conv(x, style, bias=self.activate.bias * SQRT2, gain=SQRT2)
+        out.add_((self.noise.weight * SQRT2).to(out.dtype) * noise.to(out.dtype))
+        return F.leaky_relu_(out, 0.2)
 
 
 class ConstantInput(nn.Module):
@@ -213,9 +230,9 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.empty(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None):
-        out = self.conv(x, style) + self.bias.to(x.dtype)
+        out = self.conv(x, style, bias=self.bias.view(-1))
         if skip is not None:
-            out = out + self.upsample(skip)
+            out.add_(self.upsample(skip))
         return out
 
 
@@ -276,7 +293,8 @@ class Generator(nn.Module):
             raise ValueError(f"expected {self.n_latent} style vectors, got shape {tuple(w.shape)}")
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
 
-        out = self.input(w.shape[0]).to(w.dtype)
+        # channels_last: oneDNN (CPU) and cuDNN run these convs markedly faster in NHWC
+        out = self.input(w.shape[0]).to(w.dtype).contiguous(memory_format=torch.channels_last)
         out = self.conv1(out, w[:, 0], noise[0])
         skip = self.to_rgb1(out, w[:, 1])
         res, i = 4, 1
