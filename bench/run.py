@@ -1,0 +1,270 @@
+"""Benchmarks of the pack, measured as ratios within one run (no timing asserts anywhere).
+
+    python bench/run.py [--quick] [--json out.json] [--device cpu|cuda] [--sections unet,node,e4e,align]
+
+Sections:
+  unet   UNet step of a random-weight SD1.5 (ComfyUI's own model classes): unpatched vs
+         ApplyWPlusAdapter (folded branch), vs a straightforward port (per-site plain maths), and
+         patched-but-outside-the-window; per size, batch and dtype. Needs a ComfyUI checkout.
+  node   ApplyWPlusAdapter node execution time and memory it allocates.
+  e4e    e4e inversion per image (batch 1 and 8) and StyleGAN synthesis at 256 px (preview) and 1024.
+  align  FFHQ alignment per face at 512 and 1024 px.
+Rounds alternate between the variants; each number is the median of the rounds, with the spread
+(min..max). Prints a table and writes JSON with the device, dtype and torch version.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def alternate(variants: dict, rounds: int, device, warmup: int = 1) -> dict:
+    """Run each variant once per round, in alternating order; return stats per variant."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in variants}
+    for r in range(rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for k in order:
+            times[k].append(timed(variants[k], device))
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v)}
+            for k, v in times.items()}
+
+
+# ----------------------------------------------------------------------------- UNet step
+
+def load_comfy():
+    from host.conftest import COMFYUI, PACK_NAME, PACK_ROOT  # same discovery as the host tests
+    if COMFYUI is None:
+        return None
+    sys.path.insert(0, str(COMFYUI))
+    import importlib.util
+    import comfy.options
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    if PACK_NAME not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(PACK_ROOT)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[PACK_NAME]
+
+
+class NaiveSite:
+    """A straightforward port: plain text attention, then the reference W+ maths, every step."""
+
+    def __init__(self, site, cond, uncond, weight):
+        self.site, self.cond, self.uncond, self.weight = site, cond, uncond, weight
+
+    def __call__(self, q, k, v, extra):
+        from comfyui_wplus_adapter.wplus_core.adapter import wplus_attention
+        import comfy.ldm.modules.attention as at
+        heads = extra["n_heads"]
+        text = at.optimized_attention(q, k, v, heads)
+        chunks = extra["cond_or_uncond"]
+        per = q.shape[0] // len(chunks)
+        toks = torch.cat([(self.uncond if c == 1 else self.cond).expand(per, -1, -1) for c in chunks])
+        return wplus_attention(text, self.site, toks.to(q), heads, self.weight)
+
+
+def bench_unet(args, device, dtype, results):
+    pack = load_comfy()
+    if pack is None:
+        print("unet: no ComfyUI checkout found; skipped")
+        return
+    from host.sd15 import random_sd15_patcher
+    from test_adapter import official_state_dict
+    from comfyui_wplus_adapter.nodes.wplus_patch import apply_wplus
+    from comfyui_wplus_adapter.wplus_core.adapter import SITES, load_wplus_adapter
+
+    base = random_sd15_patcher()
+    base.model.to(device, dtype)
+    base.model.diffusion_model.dtype = dtype
+    adapter = load_wplus_adapter(official_state_dict())
+    w = torch.randn(1, 18, 512)
+    patched = apply_wplus(base, adapter, w, 1.0, 0.0, 1.0)
+    outside = apply_wplus(base, adapter, w, 1.0, 0.99, 1.0)
+    naive = base.clone()
+    cond, uncond = adapter.project(w).to(device, dtype), adapter.uncond_tokens().to(device, dtype)
+    for s in SITES:
+        sw = adapter.sites[s.block]
+        site = type(sw)(*(t.to(device, dtype) for t in (sw.to_q, sw.to_k, sw.to_v)))
+        naive.set_model_attn2_replace(NaiveSite(site, cond, uncond, 1.0), s.block[0], s.block[1])
+
+    def step_fn(patcher, x, sigma, ctx, chunks):
+        to = dict(patcher.model_options.get("transformer_options", {}))
+        to["wrappers"] = patcher.wrappers
+        to["cond_or_uncond"] = chunks
+        to["sigmas"] = sigma
+        model = base.model
+        return lambda: model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to)
+
+    sizes = [256] if args.quick else [256, 512]
+    batches = [1, 2] if args.quick or device.type == "cpu" else [1, 2, 8]
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    ms = base.model.model_sampling
+    for size in sizes:
+        for b in batches:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(b, 4, size // 8, size // 8, generator=g).to(device)
+            sigma = torch.full((b,), float(ms.sigma_max) * 0.5, device=device)
+            ctx = torch.randn(b, 77, 768, generator=g).to(device)
+            chunks = [0] if b == 1 else [0, 1]
+            variants = {name: step_fn(p, x, sigma, ctx, chunks) for name, p in
+                        (("unpatched", base), ("wplus", patched), ("naive_port", naive), ("outside_window", outside))}
+            with torch.inference_mode():
+                stats = alternate(variants, args.rounds, device)
+            base_t = stats["unpatched"]["median_s"]
+            row = {"section": "unet", "size": size, "unet_batch": b, "dtype": str(dtype).replace("torch.", ""),
+                   **{f"{k}_median_s": v["median_s"] for k, v in stats.items()},
+                   **{f"{k}_spread_s": [v["min_s"], v["max_s"]] for k, v in stats.items()},
+                   **{f"{k}_overhead": v["median_s"] / base_t - 1 for k, v in stats.items() if k != "unpatched"}}
+            results.append(row)
+            print(f"unet {size}px batch {b} {row['dtype']}: unpatched {base_t*1e3:.1f} ms | "
+                  + " | ".join(f"{k} {row[k + '_overhead']*100:+.2f}%" for k in stats if k != "unpatched"))
+
+
+def bench_node(args, device, results):
+    pack = load_comfy()
+    if pack is None:
+        print("node: no ComfyUI checkout found; skipped")
+        return
+    import tracemalloc
+    from host.sd15 import random_sd15_patcher
+    from test_adapter import official_state_dict
+    from comfyui_wplus_adapter.wplus_core.adapter import load_wplus_adapter
+    node = pack.NODE_CLASS_MAPPINGS["ApplyWPlusAdapter"]()
+    base = random_sd15_patcher()
+    adapter = load_wplus_adapter(official_state_dict())
+    w = torch.randn(1, 18, 512)
+    node.apply(base, adapter, w, 1.0, 0.2, 1.0)
+    times = [timed(lambda: node.apply(base, adapter, w, 1.0, 0.2, 1.0), torch.device("cpu")) for _ in range(20)]
+    tracemalloc.start()
+    node.apply(base, adapter, w, 1.0, 0.2, 1.0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    row = {"section": "node", "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+           "python_peak_alloc_bytes": peak}
+    results.append(row)
+    print(f"ApplyWPlusAdapter node: {row['median_s']*1e3:.2f} ms median ({min(times)*1e3:.2f}..{max(times)*1e3:.2f}), "
+          f"python allocations peak {peak/1024:.0f} KiB (tensors are not copied per clone)")
+
+
+# ----------------------------------------------------------------------------- e4e / align
+
+def bench_e4e(args, device, dtype, results):
+    try:
+        from wplus_core.e4e import load_e4e
+        from test_e4e import random_e4e_state  # built by the e4e tests' helper
+    except ImportError as e:
+        print(f"e4e: skipped ({e})")
+        return
+    model = load_e4e(random_e4e_state(), device=device, dtype=dtype)
+    rounds = max(3, args.rounds // 2)
+    for b in ([1] if args.quick else [1, 8]):
+        x = torch.rand(b, 3, 256, 256, device=device, dtype=dtype) * 2 - 1
+        st = alternate({"invert": lambda: model.invert(x)}, rounds, device)["invert"]
+        results.append({"section": "e4e_invert", "batch": b, **st, "per_image_s": st["median_s"] / b})
+        print(f"e4e invert batch {b}: {st['median_s']/b*1e3:.0f} ms/image")
+    w = torch.randn(1, 18, 512, device=device, dtype=dtype)
+    for size in (256, 1024):
+        st = alternate({"synth": lambda: model.synthesize(w, size=size)}, rounds, device)["synth"]
+        results.append({"section": "stylegan", "size": size, **st})
+        print(f"StyleGAN synthesis {size}px: {st['median_s']*1e3:.0f} ms/image")
+
+
+def bench_align(args, results):
+    import numpy as np
+    from wplus_core.alignment import align_face
+    ref = ROOT.parent / "shared" / "reference"
+    photo_path = ref / "photos" / "wild_1.jpg"
+    if photo_path.is_file():
+        from PIL import Image
+        photo = np.asarray(Image.open(photo_path).convert("RGB"))
+        marks = json.loads((ref / "alignment" / "landmarks.json").read_text())
+        pts = np.asarray(next(iter(_five_points(marks))), dtype=np.float64)
+    else:
+        rng = np.random.default_rng(0)
+        photo = rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
+        pts = np.array([[700, 500], [900, 500], [800, 620], [720, 720], [880, 720]], dtype=np.float64)
+    for size in (512, 1024):
+        st = alternate({"align": lambda: align_face(photo, pts, size)}, max(10, args.rounds * 3), torch.device("cpu"))["align"]
+        results.append({"section": "align", "size": size, **st})
+        print(f"align {size}px: {st['median_s']*1e3:.1f} ms/face")
+
+
+def _five_points(marks):
+    items = marks if isinstance(marks, list) else marks.get("faces", list(marks.values()))
+    for it in items:
+        if isinstance(it, dict):
+            for key in ("five_points", "points5", "five", "lm5"):
+                if key in it:
+                    yield it[key]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes and few rounds")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtypes", default=None, help="e.g. float16,bfloat16 (default: fp32 on CPU, fp16,bf16 on CUDA)")
+    ap.add_argument("--batches", default=None, help="UNet batches, e.g. 1,2,8")
+    ap.add_argument("--sections", default="unet,node,e4e,align")
+    ap.add_argument("--json", default=None, help="write results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
+    device = torch.device(args.device)
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")] if args.dtypes else \
+        ([torch.float32] if device.type == "cpu" else [torch.float16, torch.bfloat16])
+    sections = set(args.sections.split(","))
+    results = []
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
+    print(json.dumps(info))
+    for dtype in dtypes:
+        if "unet" in sections:
+            bench_unet(args, device, dtype, results)
+        if "e4e" in sections:
+            bench_e4e(args, device, dtype, results)
+    if "node" in sections:
+        bench_node(args, device, results)
+    if "align" in sections:
+        bench_align(args, results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"info": info, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
