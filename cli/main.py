@@ -1,0 +1,38 @@
+"""Argument parsing and dispatch of the pack's commands (run, workflows)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _workflows(args) -> int:
+    from . import workflows
+    from .comfy_server import ComfyServer, find_comfyui
+    comfyui = find_comfyui(args.comfyui)
+    if comfyui is None:
+        print("No ComfyUI found: pass --comfyui PATH or set COMFYUI_PATH.", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="wplus-wf-") as tmp:
+        with ComfyServer(comfyui, Path(tmp), cpu=True) as server:
+            info = server.get_json("/object_info")
+    stale = workflows.write_all(info, check=not args.write)
+    for name in stale:
+        print(("wrote " if args.write else "out of date: ") + name)
+    return 1 if stale and not args.write else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cli", description="W+ Adapter for ComfyUI: command line.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    from . import run
+    p_run = sub.add_parser("run", help="photo + prompt -> images, with workflow 1 in a real ComfyUI")
+    run.add_arguments(p_run)
+    p_wf = sub.add_parser("workflows", help="check (or --write) workflows/ against cli/workflows.py")
+    p_wf.add_argument("--comfyui", type=Path, default=None)
+    p_wf.add_argument("--write", action="store_true")
+    args = ap.parse_args(argv)
+    if args.command == "run":
+        return run.main(args)
+    return _workflows(args)
