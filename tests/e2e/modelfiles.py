@@ -8,6 +8,7 @@ committed workflows run unmodified against a temporary models folder:
     loras/sd15_lora.safetensors                         kohya-style LoRA on UNet attention + text encoder
     wplus/wplus_adapter.bin, wplus_adapter_stage1.bin   official W+ adapter layout (torch.save)
     e4e/e4e_ffhq_encode.pt                              official e4e layout (torch.save, ~1.2 GB)
+    facexlib/parsing_parsenet.pth                       facexlib ParseNet (background whitening)
 
 Architectures and key names come from ComfyUI's own classes (built on the meta device, so nothing
 is allocated twice), values are seeded random numbers scaled by fan-in so that sampling stays finite.
@@ -38,7 +39,8 @@ LORA = ("loras", "sd15_lora.safetensors")
 ADAPTER = ("wplus", "wplus_adapter.bin")
 ADAPTER_STAGE1 = ("wplus", "wplus_adapter_stage1.bin")
 E4E = ("e4e", "e4e_ffhq_encode.pt")
-ALL_FILES = (CHECKPOINT, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E)
+PARSENET = ("facexlib", "parsing_parsenet.pth")
+ALL_FILES = (CHECKPOINT, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E, PARSENET)
 
 SD15_UNET = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -155,6 +157,12 @@ def e4e_checkpoint(seed: int = 30) -> dict:
     return official_checkpoint(enc, dec, latent_avg)
 
 
+def parsenet_state_dict(seed: int = 40) -> dict:
+    from facexlib.parsing.parsenet import ParseNet
+    torch.manual_seed(seed)
+    return ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict()
+
+
 def _write(path: Path, build, save) -> None:
     tmp = path.with_name(path.name + ".partial")
     t0 = time.time()
@@ -178,6 +186,7 @@ def build_all(cache: Path | None = None) -> Path:
         ADAPTER: (lambda: adapter_state_dict(seed=1), pt),
         ADAPTER_STAGE1: (lambda: adapter_state_dict(seed=2), pt),
         E4E: (e4e_checkpoint, pt),
+        PARSENET: (parsenet_state_dict, pt),
     }
     with open(models.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second test run waits instead of building twice

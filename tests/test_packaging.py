@@ -1,0 +1,104 @@
+"""Packaging: pyproject.toml in sync with requirements.txt and the code version, the license file,
+and the example workflows' JSON (both formats) consistent with each other. No ComfyUI needed
+(tests/e2e checks the workflows against a live ComfyUI's node definitions)."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "workflows"
+FRONTEND_ONLY = {"MarkdownNote", "Note"}
+
+
+def _requirement_lines(path):
+    return [l.split("#")[0].strip() for l in path.read_text().splitlines() if l.split("#")[0].strip()]
+
+
+def _norm(req):
+    name, rest = re.match(r"^([A-Za-z0-9_.\-]+)(.*)$", req.replace(" ", "")).groups()
+    return re.sub(r"[-_.]+", "-", name).lower() + rest
+
+
+@pytest.fixture(scope="module")
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_dependencies_match_requirements(pyproject):
+    reqs = sorted(map(_norm, _requirement_lines(ROOT / "requirements.txt")))
+    deps = sorted(map(_norm, pyproject["project"]["dependencies"]))
+    assert deps == reqs, "pyproject.toml [project].dependencies and requirements.txt differ"
+    assert not any(_norm(d).startswith(("torch", "torchvision", "torchaudio")) for d in deps), \
+        "torch belongs to the ComfyUI host: never a dependency of the pack"
+
+
+def test_project_metadata(pyproject):
+    from wplus_core.version import __version__
+    project = pyproject["project"]
+    assert project["name"] == "comfyui-wplus-adapter"
+    assert project["version"] == __version__
+    assert project["license"] == "GPL-3.0-or-later"
+    assert project["description"] and project["urls"]
+    comfy = pyproject["tool"]["comfy"]
+    assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy)
+    for model in comfy.get("Models", []):
+        assert model["model_url"].endswith(Path(model["location"]).name)
+
+
+def test_license_is_gpl3_full_text():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("GNU GENERAL PUBLIC LICENSE")
+    assert "Version 3, 29 June 2007" in text and "END OF TERMS AND CONDITIONS" in text
+    assert len(text) > 30000  # the full text, not a stub
+
+
+def _pairs():
+    ui = sorted(WORKFLOWS.glob("*.json"))
+    return [(p, WORKFLOWS / "api" / p.name) for p in ui]
+
+
+def test_every_ui_workflow_has_an_api_twin():
+    pairs = _pairs()
+    assert len(pairs) >= 5
+    for ui, api in pairs:
+        assert api.is_file(), f"{ui.name} has no API-format twin in workflows/api/"
+    assert sorted(p.name for p in (WORKFLOWS / "api").glob("*.json")) == sorted(ui.name for ui, _ in pairs)
+
+
+@pytest.mark.parametrize("ui_path,api_path", _pairs(), ids=lambda p: p.stem if isinstance(p, Path) else p)
+def test_ui_and_api_twins_agree(ui_path, api_path):
+    ui, api = json.loads(ui_path.read_text()), json.loads(api_path.read_text())
+    assert ui["version"] == 0.4 and isinstance(ui["nodes"], list) and isinstance(ui["links"], list)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert len(nodes) == len(ui["nodes"]), "duplicate node ids"
+    assert ui["last_node_id"] >= max(nodes) and ui["last_link_id"] >= max([l[0] for l in ui["links"]], default=0)
+    for n in ui["nodes"]:
+        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "properties"):
+            assert key in n, f"node {n.get('id')} lacks {key}"
+    # every link is recorded on both ends
+    for link_id, src, src_slot, dst, dst_slot, kind in ui["links"]:
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert nodes[src]["outputs"][src_slot]["type"] == kind
+    # the API twin has the same executable nodes and the same connections
+    runnable = {i: n for i, n in nodes.items() if n["type"] not in FRONTEND_ONLY}
+    assert set(api) == {str(i) for i in runnable}
+    for i, n in runnable.items():
+        entry = api[str(i)]
+        assert entry["class_type"] == n["type"]
+        linked = {inp["name"]: inp["link"] for inp in n.get("inputs", []) if inp.get("link") is not None}
+        api_links = {k: v for k, v in entry["inputs"].items() if isinstance(v, list)}
+        assert set(linked) == set(api_links), (i, n["type"])
+        for name, link_id in linked.items():
+            link = next(l for l in ui["links"] if l[0] == link_id)
+            assert api_links[name] == [str(link[1]), link[2]]
+        # widget values in order; the UI may hold one extra value per seed (control_after_generate)
+        # or image upload widget, which the API format leaves out
+        widgets = [v for k, v in entry["inputs"].items() if not isinstance(v, list)]
+        values = list(n.get("widgets_values", []))
+        it = iter(values)
+        assert all(any(w == v for v in it) for w in widgets), (i, n["type"], widgets, values)
+        assert len(values) - len(widgets) <= 1, (i, n["type"], widgets, values)
