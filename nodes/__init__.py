@@ -19,3 +19,7 @@ _collect(adapter_nodes)
 from . import wplus_nodes  # noqa: E402
 
 _collect(wplus_nodes)
+
+from . import face_nodes  # noqa: E402
+
+_collect(face_nodes)

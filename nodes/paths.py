@@ -62,10 +62,9 @@ def resolve(name: str, filename: str) -> str:
                      f"({', '.join(folder_paths.get_folder_paths(name))}). Put it there and refresh.")
 
 
-def download(name: str, filename: str) -> str:
+def progress_callback():
+    """A ``progress(done, total)`` for downloads that drives ComfyUI's progress bar."""
     import comfy.utils
-    from ..wplus_core.download import KNOWN_FILES, ensure_file
-    url, sha256, _size = KNOWN_FILES[filename]
     bar = None
 
     def progress(done, total):
@@ -75,4 +74,15 @@ def download(name: str, filename: str) -> str:
                 bar = comfy.utils.ProgressBar(total)
             bar.update_absolute(done, total)
 
-    return ensure_file(default_folder(name), filename, url, sha256=sha256, progress=progress)
+    return progress
+
+
+def download(name: str, filename: str) -> str:
+    from ..wplus_core.download import ensure_known_file
+    return ensure_known_file(default_folder(name), filename, progress=progress_callback())
+
+
+def folder_holding(name: str, filename: str) -> str:
+    """The registered folder of ``name`` that holds ``filename`` (else the default one)."""
+    path = folder_paths.get_full_path(name, filename)
+    return os.path.dirname(path) if path else default_folder(name)

@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+TESTS = Path(__file__).resolve().parent
+for p in (ROOT, TESTS):  # the pack's core, and the tests' shared helpers (e4e_reference, ...)
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
 
 REFERENCE = Path(os.environ.get("WPLUS_REFERENCE", ROOT.parent / "shared" / "reference"))
 

