@@ -180,19 +180,21 @@ def blur_kernel() -> torch.Tensor:
     return k / k.sum() * 4  # the stored kernels already carry the factor**2 of 2x upsampling
 
 
-def random_e4e_weights(seed: int = 0, size: int = 1024, random_kernels: bool = False):
+def random_e4e_weights(seed: int = 0, size: int = 1024, random_kernels: bool = False,
+                       encoder: bool = True):
     """(encoder_sd, decoder_sd, latent_avg) with official keys/shapes and tame random values.
 
     Scales keep activations O(1) through 24 residual units; ``random_kernels`` replaces the
     [1,3,3,1] blur kernels by asymmetric random ones (checks that the stored kernels are used,
-    with the right orientation).
+    with the right orientation). ``encoder=False`` skips the 267 M encoder values (returns {});
+    the decoder and latent_avg values do not depend on it.
     """
     from wplus_core.e4e import Encoder4Editing, Generator
 
     g = torch.Generator().manual_seed(seed)
     randn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     with torch.device("meta"):
-        enc_shapes = {k: v.shape for k, v in Encoder4Editing().state_dict().items()}
+        enc_shapes = {k: v.shape for k, v in Encoder4Editing().state_dict().items()} if encoder else {}
         dec_shapes = {k: v.shape for k, v in Generator(size).state_dict().items()}
     enc = {}
     for k, s in enc_shapes.items():
@@ -210,6 +212,7 @@ def random_e4e_weights(seed: int = 0, size: int = 1024, random_kernels: bool = F
             enc[k] = randn(s)                                          # EqualLinear scales at run time
         else:
             enc[k] = randn(s) / math.sqrt(math.prod(s[1:]))
+    g = torch.Generator().manual_seed(seed + 1)  # decoder values independent of the encoder flag
     dec = {}
     for k, s in dec_shapes.items():
         if k.endswith("kernel"):

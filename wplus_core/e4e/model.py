@@ -165,8 +165,7 @@ def split_e4e_checkpoint(ckpt, name: str = "<state dict>"):
     n_styles = len(_indices(enc, "styles."))
     gen_size = 2 ** (n_rgbs + 2) if n_rgbs else None
     stated = opts.get("stylegan_size")
-    if (gen_size and gen_size != STYLEGAN_SIZE) or (stated not in (None, STYLEGAN_SIZE)) or \
-            (n_styles and n_styles != N_STYLES):
+    if (gen_size and gen_size != STYLEGAN_SIZE) or stated not in (None, STYLEGAN_SIZE):
         raise WPlusError(
             f"{WHAT} '{name}' is an e4e for a {gen_size or stated} px StyleGAN2 ({n_styles} styles); "
             f"the W+ adapter was trained on the FFHQ 1024 px W+ space ({N_STYLES} styles): expected {EXPECTED}.")
@@ -183,11 +182,15 @@ def split_e4e_checkpoint(ckpt, name: str = "<state dict>"):
     unexpected += [k for k in keys if not k.startswith(("encoder.", "decoder."))]
     if missing or unexpected or mismatched:
         parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        for label, items in (("missing", _summarise(missing)), ("unexpected", _summarise(unexpected))):
             if items:
-                parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
+                parts.append(f"{label}: {items}")
+        if mismatched:
+            parts.append(f"wrong shape: {', '.join(mismatched[:3])}{', ...' if len(mismatched) > 3 else ''}")
         hint = ""
-        if any(k.startswith("encoder.output_layer") for k in unexpected):
+        if not dec or not enc:
+            hint = f" It holds no {'decoder (StyleGAN2 generator)' if not dec else 'encoder'} weights."
+        elif any(k.startswith("encoder.output_layer") for k in unexpected):
             hint = " It looks like a single-style pSp/e4e encoder (BackboneEncoderUsingLastLayerIntoW)."
         raise WPlusError(f"{WHAT} '{name}' is not an e4e_ffhq_encode checkpoint: {'; '.join(parts)}.{hint} "
                          f"Expected {EXPECTED}.")
@@ -203,6 +206,19 @@ def split_e4e_checkpoint(ckpt, name: str = "<state dict>"):
         raise WPlusError(f"{WHAT} '{name}': latent_avg has shape {shape}, expected ({N_STYLES}, 512).")
     latent_avg = latent_avg.reshape(-1, 512).expand(N_STYLES, 512).contiguous()
     return enc, dec, latent_avg, opts
+
+
+def _summarise(keys: list[str], groups: int = 6) -> str:
+    """'encoder.styles.17.* (14 keys), encoder.latlayer1.* (2 keys), ...' for an error message."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        depth = 3 if len(parts) > 3 and parts[1] in ("body", "styles", "convs", "to_rgbs") else 2
+        group = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
+        counts[group] = counts.get(group, 0) + 1
+    shown = [f"{g} ({n} key{'s' if n > 1 else ''})" if g.endswith("*") else g
+             for g, n in list(counts.items())[:groups]]
+    return ", ".join(shown) + (f", ... ({len(keys)} keys in all)" if len(counts) > groups else "")
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple]:
