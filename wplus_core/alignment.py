@@ -169,15 +169,24 @@ _LANCZOS_HALF = None
 
 
 def _lanczos_half(image: np.ndarray) -> np.ndarray:
-    """Decimate by 2 with a Lanczos-3 kernel centred like PIL's resize (output j <- 2j + 0.5)."""
+    """Decimate by 2 with a Lanczos-3 kernel centred like PIL's resize (output j <- 2j + 0.5).
+
+    One axis at a time, decimating in between (filter2D with a 1-D kernel + nearest-neighbour
+    halving is ~3x faster than a full-resolution sepFilter2D).
+    """
     global _LANCZOS_HALF
     if _LANCZOS_HALF is None:
         t = (np.arange(12) - 5.5) / 2.0
         k = np.sinc(t) * np.sinc(t / 3.0)
         _LANCZOS_HALF = (k / k.sum()).astype(np.float32)
     k = _LANCZOS_HALF
-    out = cv2.sepFilter2D(image, -1, k, k, anchor=(6, 6), borderType=cv2.BORDER_REPLICATE)
-    return np.ascontiguousarray(out[1::2, 1::2])
+    h, w = image.shape[:2]
+    # anchor 5: filtered[2j] = sum_t k[t] x[2j + t - 5], centred on 2j + 0.5; INTER_NEAREST
+    # halving keeps the even samples.
+    rows = cv2.filter2D(image, -1, k[None, :], anchor=(5, 0), borderType=cv2.BORDER_REPLICATE)
+    rows = cv2.resize(rows, (w // 2, h), interpolation=cv2.INTER_NEAREST)
+    cols = cv2.filter2D(rows, -1, k[:, None], anchor=(0, 5), borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(cols, (w // 2, h // 2), interpolation=cv2.INTER_NEAREST)
 
 
 def _source_window(quad: np.ndarray, margin: float, height: int, width: int):

