@@ -303,7 +303,7 @@ def paste_back(photo, crop, alignment: AlignedFace, feather: float = 0.06, mask=
 
     feather: width of the soft edge as a fraction of the crop side (0 = hard edge);
     mask: optional (n, n) float mask in crop space (1 = take the crop), multiplied in.
-    Returns a new array with the photo's shape and dtype.
+    Returns a new (H, W, 3) array: uint8 for a uint8 photo, float32 for a float photo.
     """
     base = _as_rgb(photo, "photo")
     face = _as_rgb(crop, "crop")
