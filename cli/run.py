@@ -20,8 +20,10 @@ from . import workflows
 from .comfy_server import ComfyServer, ExecutionFailed, PromptRejected, ServerError, find_comfyui, output_images
 
 WORKFLOW = "wplus_1_photo_to_image"
+# facexlib weights behind W+ Face Align's options (nodes/face_nodes.py, wplus_core/parsing.py)
 FACEXLIB_FOR_DETECTOR = {"retinaface_resnet50": "detection_Resnet50_Final.pth",
-                         "retinaface_mobilenet": "detection_mobilenet0.25_Final.pth"}
+                         "retinaface_mobile0.25": "detection_mobilenet0.25_Final.pth"}
+FACEXLIB_FOR_PARSER = {"parsenet": "parsing_parsenet.pth", "bisenet": "parsing_bisenet.pth"}
 
 
 def add_arguments(ap) -> None:
@@ -108,7 +110,7 @@ def required_files(prompt: dict) -> list[tuple[str, str]]:
             if det:
                 need.append(("facexlib", det))
             if node["inputs"].get("remove_background"):
-                need.append(("facexlib", "parsing_parsenet.pth"))
+                need.append(("facexlib", FACEXLIB_FOR_PARSER.get(node["inputs"].get("parser"), "parsing_parsenet.pth")))
     return need
 
 

@@ -87,7 +87,7 @@ def _adapter_chain(first_id, *, photo="wild_1.jpg", adapter="wplus_adapter.bin",
         N(ids["align"], "WPlusFaceAlign", {"image": L(ids["photo"]), "size": align_size}),
         N(ids["e4e"], "WPlusE4ELoader", {"e4e_name": "e4e_ffhq_encode.pt"}),
         N(ids["invert"], "WPlusE4EInvert", {"e4e_model": L(ids["e4e"]), "image": L(ids["align"], 0),
-                                            "mask": L(ids["align"], 1)}),
+                                            "background_mask": L(ids["align"], 1)}),
         N(ids["adapter"], "WPlusAdapterLoader", {"adapter_name": adapter}),
     ]
     if edit is not None:
@@ -179,7 +179,7 @@ def _interpolation() -> Spec:
     nodes += [
         N(30, "LoadImage", {"image": "aligned_1.png"}, "Photo B"),
         N(31, "WPlusFaceAlign", {"image": L(30), "size": "512"}),
-        N(32, "WPlusE4EInvert", {"e4e_model": L(a["e4e"]), "image": L(31, 0), "mask": L(31, 1)}),
+        N(32, "WPlusE4EInvert", {"e4e_model": L(a["e4e"]), "image": L(31, 0), "background_mask": L(31, 1)}),
         N(33, "WPlusInterpolate", {"wplus_a": L(a["invert"]), "wplus_b": L(32), "weight": 0.5}),
         N(34, "ApplyWPlusAdapter", {"model": L(1), "wplus_adapter": L(a["adapter"]), "wplus": L(33),
                                     "weight": 1.0, "start_at": 0.2, "end_at": 1.0}),
@@ -205,15 +205,11 @@ def _stage1_closeup() -> Spec:
     samp, s = _sampling(10, model=L(c["apply"]), clip=L(1, 1), vae=L(1, 2), batch=3, fixed_noise=True,
                         prefix="wplus/stage1_closeup", prompt="a close-up photo of a face, studio light, high quality")
     nodes += samp
-    nodes += [
-        N(20, "WPlusPasteBack", {"image": L(c["photo"]), "face": L(s["decode"]), "crop": L(c["align"], 2)}),
-        N(21, "SaveImage", {"images": L(20), "filename_prefix": "wplus/stage1_pasted"}),
-    ]
     return Spec("wplus_4_stage1_closeup_edits", (
         "## W+ Adapter: stage-1 face close-ups with edits\n"
         "The stage-1 adapter (`wplus_adapter_stage1.bin`, weight 0.8 as in the reference) was trained on "
         "aligned face crops: it makes FFHQ-like close-ups. W+ Edit gives three ages (-3, 0, +3) in one "
-        "batch with the same noise; Paste Back puts each generated face back into the photo."), nodes)
+        "batch with the same noise."), nodes)
 
 
 def _controlnet_lora() -> Spec:
@@ -318,7 +314,6 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
     links, out_links = [], {}
     api = {}
     ui_nodes = []
-    col_y = {}
     for rank, n in enumerate(order):
         info = object_info[n.type]
         inputs_ui, widgets, api_inputs = [], [], {}
@@ -352,10 +347,7 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
         height = 46 + 22 * max(len(inputs_ui), len(info["output"])) + 26 * len(widgets)
         if n.type in ("PreviewImage", "SaveImage"):
             height = max(height, 300)
-        x = 40 + 360 * depth[n.id]
-        y = col_y.get(depth[n.id], 40)
-        col_y[depth[n.id]] = y + height + 40
-        node = {"id": n.id, "type": n.type, "pos": [x, y], "size": [320, height], "flags": {}, "order": rank,
+        node = {"id": n.id, "type": n.type, "pos": [0, 0], "size": [320, height], "flags": {}, "order": rank,
                 "mode": 0, "inputs": inputs_ui, "outputs": [], "properties": {"Node name for S&R": n.type},
                 "widgets_values": widgets}
         if n.title:
@@ -371,15 +363,61 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
         names = info.get("output_name") or info["output"]
         node["outputs"] = [{"name": names[i], "type": t, "links": out_links.get((node["id"], i), []),
                             "slot_index": i} for i, t in enumerate(info["output"])]
+    _layout(ui_nodes, depth, links)
+    top = min(node["pos"][1] for node in ui_nodes)
     note_id = max(by_id) + 1
-    ui_nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [40, -260], "size": [700, 240], "flags": {},
+    ui_nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [40, top - 280], "size": [700, 240], "flags": {},
                      "order": len(ui_nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
                      "widgets_values": [spec.note], "title": "About this workflow", "color": "#432",
                      "bgcolor": "#653"})
     ui = {"last_node_id": note_id, "last_link_id": len(links), "nodes": ui_nodes,
           "links": links, "groups": [], "config": {},
-          "extra": {"ds": {"scale": 0.75, "offset": [60, 300]}}, "version": 0.4}
+          "extra": {"ds": _fit(ui_nodes)}, "version": 0.4}
     return ui, api
+
+
+def _layout(ui_nodes, depth, links, dx=360, gap=40):
+    """Columns by depth; within a column, nodes ordered by the mean height of their neighbours in
+    the previous column (then the first column by its consumers), so links cross little."""
+    nodes = {n["id"]: n for n in ui_nodes}
+    sources, consumers = {}, {}
+    for _, src, _, dst, _, _ in links:
+        sources.setdefault(dst, []).append(src)
+        consumers.setdefault(src, []).append(dst)
+    cols = {}
+    for n in ui_nodes:
+        cols.setdefault(depth[n["id"]], []).append(n["id"])
+    centre = {}
+
+    def place(ids):
+        y = 0
+        for i in ids:
+            nodes[i]["pos"] = [40 + dx * depth[i], y]
+            centre[i] = y + nodes[i]["size"][1] / 2
+            y += nodes[i]["size"][1] + gap
+
+    def mean(values, default):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else default
+
+    for d in sorted(cols):
+        ids = cols[d]
+        if d:
+            ids.sort(key=lambda i: (mean([centre.get(s) for s in sources.get(i, [])], 0.0), i))
+        place(ids)
+    first = cols.get(0, [])
+    first.sort(key=lambda i: (mean([centre.get(c) for c in consumers.get(i, [])], 0.0), i))
+    place(first)
+
+
+def _fit(ui_nodes, width=1700, height=950, margin=20):
+    """The canvas view (scale, offset) that shows the whole graph in a width x height window."""
+    x0 = min(n["pos"][0] for n in ui_nodes)
+    y0 = min(n["pos"][1] for n in ui_nodes)
+    x1 = max(n["pos"][0] + n["size"][0] for n in ui_nodes)
+    y1 = max(n["pos"][1] + n["size"][1] for n in ui_nodes)
+    scale = round(max(0.35, min(1.0, (width - 2 * margin) / (x1 - x0), (height - 2 * margin) / (y1 - y0))), 3)
+    return {"scale": scale, "offset": [round(margin / scale - x0, 1), round(margin / scale - y0, 1)]}
 
 
 def dump(data) -> str:
