@@ -158,6 +158,11 @@ def test_generator_matches_reference_at_32_px_with_asymmetric_kernels():
             assert rel_err(gen(w, size=size), skips[size]) <= 1e-4, size
         # batch folding in the grouped conv: each sample as if alone
         assert rel_err(gen(w[1:2]), skips[32][1:2]) <= 1e-4
+    # the in-place fusions keep autograd working (latent optimisation stays possible)
+    w.requires_grad_(True)
+    out = gen(w)
+    out.square().mean().backward()
+    assert rel_err(out.detach(), skips[32]) <= 1e-4 and w.grad.abs().amax() > 0
 
 
 def test_full_generator_matches_reference(e4e, full_run):
@@ -179,7 +184,7 @@ def test_preview_is_the_full_runs_skip_image_and_costs_less(e4e, full_run):
     # the cost, counted on the meta device (same forward code, no arithmetic): deterministic,
     # unlike wall time on a shared CI box
     with torch.device("meta"):
-        generator, w_meta = Generator(1024), torch.empty(1, 18, 512)
+        generator, w_meta = Generator(1024).requires_grad_(False), torch.empty(1, 18, 512)
     flops = {}
     for size in (64, 256, 1024):
         with FlopCounterMode(display=False) as counter:

@@ -58,6 +58,8 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1,
     pad0, pad1 = pad
     if up == 1:
         weight = kernel.flip([0, 1]).to(x.dtype).expand(channels, 1, kh, kw)
+        if pad0 == pad1:  # the conv pads by itself: no padded copy of a full-resolution tensor
+            return F.conv2d(x, weight, bias, padding=pad0, groups=channels)
         return F.conv2d(F.pad(x, [pad0, pad1, pad0, pad1]), weight, bias, groups=channels)
     if bias is not None:
         raise NotImplementedError("upfirdn2d: bias with up > 1")
@@ -142,8 +144,9 @@ class ModulatedConv2d(nn.Module):
         self.scale = 1 / math.sqrt(in_channel * kernel_size ** 2)
         self.padding = kernel_size // 2
 
-    def modulated_weight(self, style: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        """(B, out, in, k, k) per-sample weights, times ``gain``, computed in float32.
+    def modulated_weight(self, style: torch.Tensor, gain: float = 1.0, transposed: bool = False) -> torch.Tensor:
+        """(B, out, in, k, k) per-sample weights, times ``gain``, computed in float32;
+        ``transposed`` lays them out contiguously as (B, in, out, k, k) for conv_transpose2d.
 
         Demodulation uses sum_{i,k}(scale*W[o,i,k]*s[i])^2 = scale^2 * sum_i s[i]^2 sum_k W[o,i,k]^2,
         so the big weight tensor is read twice and written once.
@@ -155,7 +158,14 @@ class ModulatedConv2d(nn.Module):
         if self.demodulate:
             energy = (s * s) @ weight[0].square().sum([2, 3]).t() * self.scale ** 2  # (B, out)
             coef = coef * torch.rsqrt(energy + 1e-8)[:, :, None]                   # (B, out, in)
-        return weight * coef[..., None, None]
+        coef = coef[..., None, None]
+        if not transposed:
+            return weight * coef
+        weight, coef = weight.transpose(1, 2), coef.transpose(1, 2)
+        if torch.is_grad_enabled() and (weight.requires_grad or coef.requires_grad):
+            return (weight * coef).contiguous()  # out= below has no autograd
+        out = weight.new_empty(len(s), self.in_channel, self.out_channel, *weight.shape[-2:])
+        return torch.mul(weight, coef, out=out)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, bias: torch.Tensor | None = None,
                 gain: float = 1.0) -> torch.Tensor:
@@ -163,13 +173,13 @@ class ModulatedConv2d(nn.Module):
         by the conv (or blur) call itself, which saves full-resolution elementwise passes."""
         batch, in_channel, height, width = x.shape
         k = self.kernel_size
-        weight = self.modulated_weight(style, gain).to(x.dtype)
+        weight = self.modulated_weight(style, gain, transposed=self.upsample).to(x.dtype)
         if bias is not None:
             bias = bias.to(x.dtype)
         if batch > 1:  # batch folded into the groups: one conv call whatever the batch size
             x = x.reshape(1, batch * in_channel, height, width)
         if self.upsample:
-            weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
+            weight = weight.view(batch * in_channel, self.out_channel, k, k)
             out = F.conv_transpose2d(x, weight, stride=2, groups=batch)
             return self.blur(out.view(batch, self.out_channel, *out.shape[-2:]), bias)
         weight = weight.reshape(batch * self.out_channel, in_channel, k, k)
