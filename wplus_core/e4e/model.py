@@ -228,9 +228,12 @@ def _shapes(module: nn.Module) -> dict[str, tuple]:
 def load_e4e(path_or_state_dict, device=None, dtype=None) -> E4E:
     """Load e4e_ffhq_encode (path to .pt/.pth/.safetensors, or a loaded dict) -> E4E.
 
-    device: default CPU. dtype: default float32 (float16/bfloat16 work on CUDA; BatchNorm counters
-    stay int64). Weights are loaded with strict=True into modules built on the meta device, so
-    no random initialisation is spent on 300 M parameters.
+    device: default CPU. dtype: default float32; float16/bfloat16 are meant for CUDA (BatchNorm
+    counters stay int64, modulation/demodulation run in float32). On CPU, bfloat16 is fast but
+    float16 generator convolutions are extremely slow in PyTorch: use float32 or bfloat16 there.
+    Weights are loaded with strict=True (assign) into modules built on the meta device, so no
+    random initialisation is spent on 300 M parameters; a dict passed in may share its tensors
+    with the returned model.
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         name = os.fspath(path_or_state_dict)

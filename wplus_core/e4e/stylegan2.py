@@ -5,8 +5,11 @@ Module names are the checkpoint keys (``decoder.`` prefix removed): ``style.1..8
 blur kernels ``*.blur.kernel`` / ``*.upsample.kernel``. No compiled extension: rosinality's
 ``fused_leaky_relu`` and ``upfirdn2d`` are re-expressed with ordinary torch ops:
 
-- fused leaky ReLU = ``leaky_relu(x + bias, 0.2) * sqrt(2)``;
-- upfirdn2d (up=1) = zero-pad then a depthwise conv2d with the flipped kernel;
+- fused leaky ReLU = ``leaky_relu(x + bias, 0.2) * sqrt(2)``; inside StyledConv it is fused further
+  (leaky ReLU is positively homogeneous): sqrt(2) goes into the modulated weights, the bias into
+  the conv call, then one in-place noise add and one in-place leaky ReLU;
+- upfirdn2d (up=1) = zero padding (by the conv itself when symmetric) and a depthwise conv2d with
+  the flipped kernel;
 - upfirdn2d (up=2, the skip upsampler) = a depthwise stride-2 transposed conv with the kernel
   (the same sum as zero insertion + pad + convolution, without multiplying by the inserted zeros);
 - modulated conv = one grouped conv with the batch folded into the groups (weights modulated and
@@ -293,7 +296,11 @@ class Generator(nn.Module):
         return size
 
     def forward(self, w: torch.Tensor, input_is_latent: bool = True, size: int | None = None) -> torch.Tensor:
-        """W+ (B, n_latent, 512) or W/Z (B, 512) -> raw RGB (B, 3, size, size), roughly [-1, 1]."""
+        """W+ (B, n_latent, 512) or W (B, 512) -> raw RGB (B, 3, size, size), roughly [-1, 1].
+
+        With ``input_is_latent=False``, ``w`` is Z (B, 512) and goes through the mapping MLP first.
+        Computes in ``w``'s dtype (the per-call weights are cast to it).
+        """
         size = self.check_size(size)
         if not input_is_latent:
             w = self.style(w)
