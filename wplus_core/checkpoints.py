@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 
 import torch
@@ -30,8 +31,25 @@ def read_weights(path: str | os.PathLike, what: str = "weights file") -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise WPlusError(f"{what} '{path}' holds Python objects beyond plain weights, so it was "
-                         f"refused (only weights are loaded, never code): {str(e).splitlines()[0]}") from e
+        # torch's own text advises weights_only=False (i.e. running the code): not repeated here
+        found = re.search(r"GLOBAL ([\w.]+)", _plain(e))
+        refs = f" (it references {found.group(1)})" if found else ""
+        raise WPlusError(f"{what} '{path}' holds Python objects beyond plain weights{refs}, so it was "
+                         "refused: only weights are loaded, never code. Use the official file, or a "
+                         ".safetensors copy of its tensors.") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise WPlusError(f"{what} '{path}' could not be read ({str(e).splitlines()[0]}); it is "
+        raise WPlusError(f"{what} '{path}' could not be read ({_first_sentence(e)}); it is "
                          "probably truncated or not a PyTorch file: download it again.") from e
+
+
+def _plain(e: BaseException) -> str:
+    """The exception text without terminal colour codes (some torch versions add them)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+
+
+def _first_sentence(e: BaseException, limit: int = 160) -> str:
+    """The gist of a library error: its first line, up to the first full stop, bounded."""
+    lines = _plain(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    text = re.split(r"(?<=[^.\s])\. ", text, maxsplit=1)[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
