@@ -100,12 +100,19 @@ class FaceAlign:
             mm.throw_exception_if_processing_interrupted()
             photo = to_uint8(image[i])
             faces = det.detect(photo, min_size=min_face_size)
+            where = f"image {i + 1} of {total} in the batch" if total > 1 else "the image"
+            if face_select == "index" and faces and not -len(faces) <= face_index < len(faces):
+                n = len(faces)
+                raise WPlusError(
+                    f"FaceAlign: face_index {face_index} is out of range for {where}: {n} face(s) of at "
+                    f"least {min_face_size} px found (face_index 0..{n - 1} from the left, -1..-{n} from "
+                    "the right). Lower face_index, lower min_face_size to find smaller faces, or use "
+                    "face_select 'largest'.")
             face = detection.select_face(faces, face_select, face_index)
             if face is None:
                 if on_no_face == "skip":
                     bar.update(1)
                     continue
-                where = f"image {i + 1} of {total} in the batch" if total > 1 else "the image"
                 raise WPlusError(
                     f"FaceAlign: no face found in {where} ({photo.shape[1]}x{photo.shape[0]}, detector "
                     f"{det.name}, min_face_size {min_face_size}). Use a photo with a clearly visible face, "
@@ -116,7 +123,8 @@ class FaceAlign:
             bar.update(1)
         if not crops:
             raise WPlusError(f"FaceAlign: none of the {total} image(s) has a face of at least "
-                             f"{min_face_size} px; nothing to align.")
+                             f"{min_face_size} px, so all were skipped and nothing is left to align. Use "
+                             "photos with a clearly visible face, or lower min_face_size.")
         out = torch.from_numpy(np.stack(crops)).float().div_(255)
         if remove_background:
             mask = parsing.background_mask(get_parser(parser), out, size=size)
