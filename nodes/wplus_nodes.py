@@ -1,6 +1,7 @@
 """Nodes on W+ latents: edit, interpolate, save, load (the maths is in wplus_core.directions)."""
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -20,6 +21,7 @@ def library() -> directions.DirectionLibrary:
     return directions.DirectionLibrary(user_dirs=folder_paths.get_folder_paths("wplus_directions"))
 
 
+_MAX_STRENGTH = 1e6  # far beyond any useful edit, far below float32 overflow
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*\.\.\s*(-?[\d.]+)\s*(?:/\s*(\d+))?\s*$")
 
 
@@ -35,6 +37,9 @@ def parse_strengths(text: str) -> list[float]:
     if not values:
         raise WPlusError(f"WPlusEdit: strengths '{text}' is not understood. Write one number (1.5), "
                          "a list (-4, -2, 0, 2, 4) or a range with a count (-4..4/5).")
+    if not all(math.isfinite(v) and abs(v) <= _MAX_STRENGTH for v in values):
+        raise WPlusError(f"WPlusEdit: strengths '{text}' holds a value that is not a finite number of "
+                         f"at most {_MAX_STRENGTH:g} in size; typical strengths lie between -5 and 5.")
     return values
 
 
@@ -126,7 +131,11 @@ class WPlusSave:
 
     def save(self, wplus, filename_prefix):
         out_dir = folder_paths.get_output_directory()
-        path = next_free_path(out_dir, filename_prefix)
+        try:
+            path = next_free_path(out_dir, filename_prefix)
+        except WPlusError as e:
+            raise WPlusError(f"WPlusSave: filename_prefix '{filename_prefix}' points outside the output "
+                             f"folder ({out_dir}); use a path inside it, such as 'wplus/face'.") from e
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_wplus(path, wplus, wplus_metadata(pack_version=__version__))
         rel = os.path.relpath(path, out_dir)
