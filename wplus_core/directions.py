@@ -189,7 +189,8 @@ def _as_direction_tensor(t, path: str) -> torch.Tensor:
         raise WPlusError(f"direction file '{path}' holds {t.dtype} values; expected real numbers.")
     t = t.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
     if not bool(torch.isfinite(t).all()):
-        raise WPlusError(f"direction file '{path}' contains NaN or Inf values.")
+        raise WPlusError(f"direction file '{path}' contains NaN or Inf values; replace it with a "
+                         "finite direction (re-export it, or recompute it from finite latents).")
     return t
 
 
@@ -199,7 +200,8 @@ def load_direction_file(path: str | os.PathLike, name: str | None = None, kind: 
     content, _ = read_tensor_file(path, "direction file")
     if isinstance(content, (list, tuple)):
         raise WPlusError(f"direction file '{path}' holds a list of {len(content)} directions (a "
-                         "direction set like att_direction_scale.pth); load it with load_direction_set.")
+                         "direction set like att_direction_scale.pth); load it with load_direction_set, "
+                         "or save each direction to its own file for W+ Edit.")
     if isinstance(content, dict) and {"mean", "comp", "std"} <= set(content):
         raise WPlusError(f"direction file '{path}' is a GANSpace PCA file; only the bundled PCA is "
                          "supported (use the 'ganspace/...' directions).")
