@@ -217,11 +217,25 @@ def test_invert_input_checks_and_resizing(e4e, monkeypatch):
     monkeypatch.setattr(e4e.encoder, "forward", lambda x: seen.append(x) or torch.zeros(len(x), 18, 512))
     big = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(3)) * 2 - 1
     w = e4e.invert(big)
-    expected = torch.nn.functional.interpolate(big, size=(256, 256), mode="bilinear", antialias=True)
+    expected = torch.nn.functional.interpolate(big, size=(256, 256), mode="bicubic", antialias=True)
     assert torch.equal(w, e4e.latent_avg.expand(2, 18, 512))
     assert seen[0].shape == (2, 3, 256, 256) and torch.allclose(seen[0], expected, atol=1e-6)
     e4e.invert(expected[0])  # (3,H,W) accepted
     assert seen[1].shape == (1, 3, 256, 256) and torch.equal(seen[1], expected[:1])
+
+
+def test_invert_resizes_512_crops_like_the_reference(e4e, monkeypatch, reference_dir):
+    """The reference shrinks the 512 px aligned crop to 256 with PIL bicubic before e4e."""
+    import numpy as np
+    from PIL import Image
+    crop = Image.open(reference_dir / "alignment" / "wild_1_face0_official_aligned512.png").convert("RGB")
+    want = np.asarray(crop.resize((256, 256), Image.Resampling.BICUBIC), dtype=np.float64)
+    seen = []
+    monkeypatch.setattr(e4e.encoder, "forward", lambda x: seen.append(x) or torch.zeros(len(x), 18, 512))
+    e4e.invert(torch.from_numpy(np.array(crop)).permute(2, 0, 1)[None].float() / 127.5 - 1)
+    got = ((seen[0][0].permute(1, 2, 0).double() + 1) * 127.5).clamp(0, 255).numpy()
+    psnr = 10 * np.log10(255.0 ** 2 / ((got - want) ** 2).mean())
+    assert psnr > 50, psnr
 
 
 # ----------------------------------------------------------------------------- refusals

@@ -63,7 +63,7 @@ class E4E(nn.Module):
     def invert(self, images: torch.Tensor) -> torch.Tensor:
         """Aligned faces (B,3,H,W) RGB in [-1,1] -> W+ (B,18,512) = encoder(x) + latent_avg.
 
-        e4e was trained on 256 px: other square sizes are resized to 256 first (bilinear with
+        e4e was trained on 256 px: other square sizes are resized to 256 first (bicubic with
         antialiasing, so a 512/1024 px crop is downscaled without aliasing). Non-square images
         are refused: they cannot be FFHQ-aligned crops.
         """
@@ -80,7 +80,7 @@ class E4E(nn.Module):
                              f"{float(x.max()):.3g}]: scale images with x*2-1 (from [0,1]) or x/127.5-1.")
         x = x.to(self.device, torch.float32)
         if x.shape[-1] != E4E_INPUT_SIZE:
-            x = F.interpolate(x, size=(E4E_INPUT_SIZE, E4E_INPUT_SIZE), mode="bilinear",
+            x = F.interpolate(x, size=(E4E_INPUT_SIZE, E4E_INPUT_SIZE), mode="bicubic",
                               align_corners=False, antialias=True)
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         codes = self.encoder(x)
