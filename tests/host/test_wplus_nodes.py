@@ -61,3 +61,29 @@ def test_save_never_overwrites_and_load_round_trips(nodes, pack, tmp_path, monke
     assert torch.equal(loaded, w) and meta.get("pack_version")
     with pytest.raises(pack.wplus_core.errors.WPlusError):
         nodes["WPlusSave"]().save(w, "../escape")
+
+
+@pytest.fixture
+def wplus_folder(tmp_path, monkeypatch):
+    import folder_paths
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "wplus", ([str(tmp_path)], {".bin", ".safetensors"}))
+    return tmp_path
+
+
+def test_adapter_loader_lists_files_and_official_names(nodes, wplus_folder):
+    from test_adapter import official_state_dict
+    torch.save(official_state_dict(), wplus_folder / "my_adapter.bin")
+    choices = nodes["WPlusAdapterLoader"].INPUT_TYPES()["required"]["adapter_name"][0]
+    assert {"my_adapter.bin", "wplus_adapter.bin", "wplus_adapter_stage1.bin"} <= set(choices)
+    (adapter,) = nodes["WPlusAdapterLoader"]().load("my_adapter.bin")
+    assert adapter.project(torch.zeros(1, 18, 512)).shape == (1, 4, 768)
+
+
+def test_missing_official_file_offline_names_file_folder_url(nodes, pack, wplus_folder, monkeypatch):
+    monkeypatch.setenv("WPLUS_OFFLINE", "1")
+    with pytest.raises(pack.wplus_core.errors.WPlusError) as info:
+        nodes["WPlusAdapterLoader"]().load("wplus_adapter.bin")
+    msg = str(info.value)
+    assert "wplus_adapter.bin" in msg and str(wplus_folder) in msg
+    assert "https://github.com/csxmli2016/w-plus-adapter/releases/download/v1/wplus_adapter.bin" in msg
+    assert not list(wplus_folder.iterdir())  # nothing partial left behind
