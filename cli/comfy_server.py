@@ -98,12 +98,13 @@ def output_images(entry: dict):
 
 class ComfyServer:
     def __init__(self, comfyui, workdir, *, models_dir=None, cpu=True, port=None, load_pack=True,
-                 extra_args=(), python=None):
+                 extra_args=(), python=None, env=None):
         self.comfyui = Path(comfyui).resolve()
         self.workdir = Path(workdir).resolve()
         self.models_dir = Path(models_dir).resolve() if models_dir else None
         self.cpu, self.load_pack, self.extra_args = cpu, load_pack, list(extra_args)
         self.python = python or sys.executable
+        self.env = dict(env or {})  # added to this process's environment
         self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.input_dir = self.workdir / "input"
@@ -149,7 +150,7 @@ class ComfyServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         self._log = open(self.log_path, "wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout

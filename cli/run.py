@@ -44,7 +44,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None, help="images per run")
-    ap.add_argument("--face-index", type=int, default=None, help="use this face (0 = largest) instead of the largest")
+    ap.add_argument("--face-index", type=int, default=None, help="use the face at this index (0 = leftmost, -1 = rightmost) instead of the largest")
     ap.add_argument("--no-freeu", action="store_true", help="bypass FreeU")
     ap.add_argument("--cpu", action="store_true", help="run ComfyUI with --cpu")
     ap.add_argument("--download", action="store_true",

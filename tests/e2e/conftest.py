@@ -82,7 +82,9 @@ def models_dir(model_cache, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(comfyui, models_dir, tmp_path_factory):
-    srv = ComfyServer(comfyui, tmp_path_factory.mktemp("comfyui"), models_dir=models_dir, cpu=True)
+    # WPLUS_OFFLINE: a file a test forgot to provide fails at once instead of being downloaded
+    srv = ComfyServer(comfyui, tmp_path_factory.mktemp("comfyui"), models_dir=models_dir, cpu=True,
+                      env={"WPLUS_OFFLINE": "1"})
     srv.start()
     try:
         failures = srv.import_failures()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -46,13 +47,27 @@ def page(server, photos):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, timeout=60_000)
         try:
-            pg = browser.new_page(viewport={"width": 1800, "height": 1100})
+            context = browser.new_context(viewport={"width": 1800, "height": 1100})
+            # loopback only: the page's calls to outside services (release notes, registry...) are cut
+            outside = []
+
+            def only_loopback(route):
+                if urlparse(route.request.url).hostname in ("127.0.0.1", "localhost"):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            context.route("**/*", only_loopback)
+            pg = context.new_page()
             errors = []
             pg.on("pageerror", lambda e: errors.append(str(e)))
             pg.goto(server.url, wait_until="networkidle", timeout=120_000)
             pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
             pg.page_errors = errors
             yield pg
+            if outside:
+                print(f"blocked {len(outside)} request(s) to outside hosts, e.g. {outside[0]}")
         finally:
             browser.close()
 
