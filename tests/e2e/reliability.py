@@ -181,6 +181,13 @@ def cached_nodes(entry: dict) -> set[str]:
     return out
 
 
+def assert_same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Bit-identical tensors (a short message instead of two printed tensors otherwise)."""
+    same = a.shape == b.shape and torch.equal(a, b)
+    assert same, f"{what}: shapes {tuple(a.shape)} / {tuple(b.shape)}, max difference " + (
+        f"{(a.float() - b.float()).abs().max():.3g}" if a.shape == b.shape else "n/a")
+
+
 def saved_latent(server, entry: dict, node_id: str) -> torch.Tensor:
     """The tensor a SaveLatent node wrote (read back from the output folder)."""
     from safetensors.torch import load_file

@@ -29,7 +29,7 @@ from PIL import Image
 from cli.comfy_server import ComfyServer, ExecutionFailed
 from tests.e2e import modelfiles
 from tests.e2e.conftest import BROKEN_ADAPTER
-from tests.e2e.reliability import (ADAPTER, CHECKPOINT, Graph, expect_error, expect_rejected, face_graph,
+from tests.e2e.reliability import (ADAPTER, CHECKPOINT, Graph, assert_same, expect_error, expect_rejected, face_graph,
                                    images_of, partial_checkpoint, psnr, run, sampling_graph, saved_latent,
                                    truncate_copy, wplus_graph, write_evil_pickle)
 from wplus_core.latents import save_wplus
@@ -269,7 +269,7 @@ def test_crafted_pickles_are_live(tmp_path):
     of the refusal cases can fail."""
     marker = tmp_path / "live.marker"
     path = write_evil_pickle(tmp_path / "evil.pt", marker, wrap=lambda p: {"state_dict": p})
-    torch.load(path, weights_only=False)
+    torch.load(path, weights_only=False)["state_dict"].close()
     assert marker.exists()
 
 
@@ -389,7 +389,7 @@ def test_weight_zero_is_exactly_the_plain_model(server, bad, plain_latent, adapt
     w0 = saved_latent(server, run(server, g.prompt), ids["save"])
     assert torch.isfinite(adapter_latent).all()
     assert (adapter_latent - plain_latent).abs().max() > 1e-3, "the adapter changes nothing"
-    assert torch.equal(w0, plain_latent)
+    assert_same(w0, plain_latent, "weight 0 vs no adapter")
     served(server)
 
 
@@ -401,7 +401,7 @@ def test_mask_of_another_size_is_resized(server, bad, plain_latent, adapter_late
         g, ids = sampling_graph(GOOD, seed=11, mask={"value": value, "width": 100, "height": 37},
                                 prefix=f"reliability/mask{value:g}")
         results[value] = saved_latent(server, run(server, g.prompt), ids["save"])
-    assert torch.equal(results[0.0], plain_latent)
+    assert_same(results[0.0], plain_latent, "all-zero mask vs no adapter")
     assert (results[1.0] - adapter_latent).abs().max() < 1e-4
     served(server)
 
@@ -421,10 +421,8 @@ def offline_server(comfyui, photos, tmp_path_factory):
     models = work / "models"
     for sub in ("e4e", "facexlib", "wplus"):
         (models / sub).mkdir(parents=True)
-    srv = ComfyServer(comfyui, work / "comfyui", models_dir=models, cpu=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WPLUS_OFFLINE", "1")
-        srv.start()
+    srv = ComfyServer(comfyui, work / "comfyui", models_dir=models, cpu=True, env={"WPLUS_OFFLINE": "1"})
+    srv.start()
     try:
         assert not srv.import_failures(), srv.log_tail(60)
         shutil.copy2(photos["wild_1.jpg"], srv.input_dir / "wild_1.jpg")

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cli.comfy_server import ExecutionFailed, PromptRejected
-from tests.e2e.reliability import (CHECKPOINT, cached_nodes, face_graph, run, sampling_graph, saved_latent,
+from tests.e2e.reliability import (CHECKPOINT, assert_same, cached_nodes, face_graph, run, sampling_graph, saved_latent,
                                    vm_rss_kib, wplus_graph)
 from wplus_core.latents import save_wplus
 
@@ -69,7 +69,7 @@ def test_patch_hygiene_weight_1_then_half_then_1(server, copies, reference):
     third = _latent(server, copies[2], "reliability/state_w1_again", weight=1.0)
     assert torch.isfinite(first).all()
     assert (half - first).abs().max() > 1e-3 and (first - reference["plain"]).abs().max() > 1e-3
-    assert torch.equal(third, first), f"max difference {(third - first).abs().max():.3g}"
+    assert_same(third, first, "weight 1.0 after a weight 0.5 run vs the first weight 1.0 run")
 
 
 def test_one_model_output_feeds_two_branches(server, copies, reference):
@@ -82,9 +82,9 @@ def test_one_model_output_feeds_two_branches(server, copies, reference):
     assert len({one["apply"], half["apply"]}) == 2 and one["ckpt"] == half["ckpt"] == plain["ckpt"]
     entry = run(server, g.prompt)
     assert not {one["sampler"], half["sampler"], plain["sampler"]} & cached_nodes(entry)
-    assert torch.equal(saved_latent(server, entry, one["save"]), reference[1.0])
-    assert torch.equal(saved_latent(server, entry, half["save"]), reference[0.5])
-    assert torch.equal(saved_latent(server, entry, plain["save"]), reference["plain"])
+    assert_same(saved_latent(server, entry, one["save"]), reference[1.0], "branch weight 1.0")
+    assert_same(saved_latent(server, entry, half["save"]), reference[0.5], "branch weight 0.5")
+    assert_same(saved_latent(server, entry, plain["save"]), reference["plain"], "branch without adapter")
 
 
 def _post_interrupt(server, prompt_id):
@@ -112,7 +112,7 @@ def test_interrupt_mid_sampling_then_next_run_equals_a_fresh_run(server, copies,
     done = [int(n) for n in progress.findall(server.log_text()[offset:])]
     assert max(done) < steps, f"the prompt ran to the end ({max(done)}/{steps}) before the interrupt"
     again = _latent(server, copies[6], "reliability/after_interrupt", weight=1.0)
-    assert torch.equal(again, reference[1.0])
+    assert_same(again, reference[1.0], "the run after the interrupt vs a fresh run")
 
 
 # ------------------------------------------------------------------------------------- soak
