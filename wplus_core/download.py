@@ -11,7 +11,8 @@ server does not announce a length); the node layer hooks ComfyUI's ProgressBar t
 exception raised by the callback (e.g. an interrupt) aborts the download and propagates as is.
 
 The file is streamed to ``<final>.part-<random>`` in the same folder and moved into place with
-``os.replace`` only once complete and verified, so the final name never holds a partial file and
+``os.replace`` only once complete and verified (announced length, sha256 when known, else an
+intact zip archive for torch files), so the final name never holds a partial file and
 two processes downloading at once cannot corrupt each other. Every failure is a WPlusError naming
 the file, the folder and the URL, and telling the user how to place the file by hand.
 """
@@ -23,6 +24,7 @@ import os
 import secrets
 import urllib.error
 import urllib.request
+import zipfile
 
 from .errors import WPlusError
 
@@ -89,11 +91,25 @@ def ensure_file(folder, filename: str, url: str, sha256: str | None = None, prog
             raise WPlusError(f"{filename} downloaded from {url} is corrupt: sha256 {digest}, "
                              f"expected {sha256.lower()}; nothing was saved in {folder}. Try again, "
                              "or " + _manual_hint(folder, filename, url, "download"))
+        if sha256 is None and _cut_zip(tmp):
+            raise WPlusError(f"the download of {filename} from {url} is incomplete (the archive ends "
+                             f"early); nothing was saved in {folder}. Try again, or "
+                             + _manual_hint(folder, filename, url, "download"))
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return final
+
+
+def _cut_zip(path: str) -> bool:
+    """True for a zip archive (torch.save's format) without its closing central directory: a
+    download cut short by a server that announced no length. Files without a checksum (the W+
+    release publishes none) get at least this check before they take the final name."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return False
+    return not zipfile.is_zipfile(path)
 
 
 def ensure_known_file(folder, filename: str, progress=None) -> str:
