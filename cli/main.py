@@ -1,4 +1,4 @@
-"""Argument parsing and dispatch of the pack's commands (run, workflows)."""
+"""Argument parsing and dispatch of the pack's commands (run, workflows, thumbnails)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,20 @@ def _workflows(args) -> int:
     return 1 if stale and not args.write else 0
 
 
+def _thumbnails(args) -> int:
+    from . import browser, workflows
+    from .comfy_server import ComfyServer, find_comfyui
+    comfyui = find_comfyui(args.comfyui)
+    if comfyui is None:
+        print("No ComfyUI found: pass --comfyui PATH or set COMFYUI_PATH.", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="wplus-thumbs-") as tmp:
+        with ComfyServer(comfyui, Path(tmp), cpu=True) as server:
+            for path in browser.make_thumbnails(server, [s.name for s in workflows.SPECS], workflows.WORKFLOWS_DIR):
+                print("wrote", path)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cli", description="W+ Adapter for ComfyUI: command line.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -32,7 +46,11 @@ def main(argv=None) -> int:
     p_wf = sub.add_parser("workflows", help="check (or --write) workflows/ against cli/workflows.py")
     p_wf.add_argument("--comfyui", type=Path, default=None)
     p_wf.add_argument("--write", action="store_true")
+    p_th = sub.add_parser("thumbnails", help="write workflows/<name>.jpg (needs playwright + /usr/bin/chromium)")
+    p_th.add_argument("--comfyui", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.command == "run":
         return run.main(args)
+    if args.command == "thumbnails":
+        return _thumbnails(args)
     return _workflows(args)

@@ -410,14 +410,16 @@ def _layout(ui_nodes, depth, links, dx=360, gap=40):
     place(first)
 
 
-def _fit(ui_nodes, width=1700, height=950, margin=20):
-    """The canvas view (scale, offset) that shows the whole graph in a width x height window."""
+def _fit(ui_nodes, viewport=(1800, 1100), left=90, top=100, margin=80):
+    """The canvas view (scale, offset) that shows the whole graph in the editor's window, clear of
+    its side bar (left) and tab bar (top)."""
     x0 = min(n["pos"][0] for n in ui_nodes)
     y0 = min(n["pos"][1] for n in ui_nodes)
     x1 = max(n["pos"][0] + n["size"][0] for n in ui_nodes)
     y1 = max(n["pos"][1] + n["size"][1] for n in ui_nodes)
-    scale = round(max(0.35, min(1.0, (width - 2 * margin) / (x1 - x0), (height - 2 * margin) / (y1 - y0))), 3)
-    return {"scale": scale, "offset": [round(margin / scale - x0, 1), round(margin / scale - y0, 1)]}
+    scale = min(1.0, (viewport[0] - left - margin) / (x1 - x0), (viewport[1] - top - margin) / (y1 - y0))
+    scale = round(max(0.35, scale), 3)
+    return {"scale": scale, "offset": [round(left / scale - x0, 1), round(top / scale - y0, 1)]}
 
 
 def dump(data) -> str:
