@@ -121,7 +121,11 @@ class ComfyServer:
             nodes.mkdir(parents=True, exist_ok=True)
             link = nodes / PACK_LINK_NAME
             if not link.exists():
-                link.symlink_to(PACK_ROOT, target_is_directory=True)
+                try:
+                    link.symlink_to(PACK_ROOT, target_is_directory=True)
+                except OSError as e:  # e.g. Windows without the symlink privilege
+                    raise ServerError(f"cannot link the pack into {nodes} ({e}); install it in "
+                                      f"{self.comfyui / 'custom_nodes'} instead") from None
             lines += ["wplus_pack:", f"    custom_nodes: {json.dumps(str(nodes))}"]
         if self.models_dir:
             lines += ["wplus_models:", f"    base_path: {json.dumps(str(self.models_dir))}"]
@@ -151,8 +155,11 @@ class ComfyServer:
         cmd = self.command()
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        # its own process group, so that stop() ends main.py and whatever it started, and only that
+        group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
+                 else {"start_new_session": True})
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, env=env, **group)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -169,20 +176,23 @@ class ComfyServer:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # the group we started (main.py and its children)
-            except ProcessLookupError:
-                pass
+            self._signal(kill=False)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self._signal(kill=True)
                 self.proc.wait(timeout)
         self._log.close()
         self.proc = None
+
+    def _signal(self, kill: bool) -> None:
+        try:
+            if os.name == "nt":
+                self.proc.kill() if kill else self.proc.terminate()
+            else:  # the group started in start(): main.py and its children
+                os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def __enter__(self):
         return self.start()

@@ -159,6 +159,16 @@ def download(missing, comfyui, models) -> list[tuple[str, str]]:
     return left
 
 
+def free_path(path: Path) -> Path:
+    """``path``, or ``name-2.png``, ``name-3.png``... when taken: earlier runs are never overwritten."""
+    k = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return candidate
+
+
 def main(args) -> int:
     t0 = time.monotonic()
     comfyui = find_comfyui(args.comfyui)
@@ -198,7 +208,7 @@ def main(args) -> int:
         for _, ref in output_images(entry):
             if ref.get("type") != "output":
                 continue
-            target = args.out / Path(ref["filename"]).name
+            target = free_path(args.out / Path(ref["filename"]).name)
             target.write_bytes(server.view(ref))
             written.append(target)
         for p in written:
