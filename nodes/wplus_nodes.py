@@ -78,6 +78,10 @@ class WPlusEdit:
         if layer_start >= 0 or layer_end >= 0:
             start = d.layers[0] if layer_start < 0 else layer_start
             end = d.layers[1] if layer_end < 0 else layer_end
+            if not 0 <= start < end <= 18:
+                raise WPlusError(f"WPlusEdit: layer_start {start} must be below layer_end {end}: layers "
+                                 "layer_start..layer_end-1 are moved, and -1 takes the direction's own value "
+                                 f"('{direction}' moves layers {d.layers[0]}..{d.layers[1] - 1}).")
             layers = (start, end)
         values = parse_strengths(strengths)
         return (directions.edit_sweep(check_wplus(wplus, "wplus"), d, values, layers=layers, mode=mode),)
