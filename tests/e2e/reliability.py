@@ -67,12 +67,12 @@ class Graph:
 
 
 def wplus_graph(latent_file: str, strengths: str = "1.0", direction: str = "interfacegan/smile",
-                prefix: str = "reliability/wplus") -> tuple[Graph, dict]:
+                prefix: str = "reliability/wplus", layer_start: int = -1, layer_end: int = -1) -> tuple[Graph, dict]:
     """W+ Load -> W+ Edit -> W+ Save: the light valid graph (no model)."""
     g = Graph()
     ids = {"load": g.add("WPlusLoad", latent_file=latent_file)}
     ids["edit"] = g.add("WPlusEdit", wplus=g.out(ids["load"]), direction=direction, strengths=strengths,
-                        layer_start=-1, layer_end=-1, mode="relative")
+                        layer_start=layer_start, layer_end=layer_end, mode="relative")
     ids["save"] = g.add("WPlusSave", wplus=g.out(ids["edit"]), filename_prefix=prefix)
     return g, ids
 

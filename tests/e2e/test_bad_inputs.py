@@ -164,6 +164,34 @@ def _wplus(latent, **kw):
     return lambda: wplus_graph(latent, **kw)[0]
 
 
+def _interpolate(a, b):
+    g = Graph()
+    la, lb = g.add("WPlusLoad", latent_file=a), g.add("WPlusLoad", latent_file=b)
+    mix = g.add("WPlusInterpolate", wplus_a=g.out(la), wplus_b=g.out(lb), weight=0.5, layers_0_3=-1.0,
+                layers_4_7=-1.0, layers_8_11=-1.0, layers_12_17=-1.0)
+    g.add("WPlusSave", wplus=g.out(mix), filename_prefix="reliability/mix")
+    return g
+
+
+def _invert_photo(photo):
+    """The photo itself (not the aligned face) into e4e: a common wiring mistake."""
+    g = Graph()
+    load = g.add("LoadImage", image=photo)
+    e4e = g.add("WPlusE4ELoader", e4e_name=modelfiles.E4E[1], precision="auto")
+    inv = g.add("WPlusE4EInvert", e4e_model=g.out(e4e), image=g.out(load), preview_size="128")
+    g.add("WPlusSave", wplus=g.out(inv), filename_prefix="reliability/inverted")
+    return g
+
+
+def _paste_back_two_faces(photo):
+    g, ids = face_graph(photo)
+    two = g.add("ImageBatch", image1=g.out(ids["align"]), image2=g.out(ids["align"]))
+    paste = g.add("WPlusPasteBack", image=g.out(ids["load"]), face=g.out(two), crop=g.out(ids["align"], 2),
+                  feather=0.06)
+    g.nodes[ids["preview"]]["inputs"]["images"] = g.out(paste)
+    return g
+
+
 def _e4e(name):
     def build():
         g = Graph()
@@ -220,6 +248,14 @@ FILE_ERRORS = [
     Case("edit_strengths_text", _wplus(GOOD, strengths="stronger"), "WPlusEdit", ("strengths 'stronger'", "-4..4/5")),
     Case("edit_strength_overflows", _wplus(GOOD, strengths="1e39"), "WPlusEdit", ("strengths '1e39'", "finite", "between -5 and 5")),
     Case("save_prefix_outside_output", _wplus(GOOD, prefix="../../escape"), "WPlusSave", ("filename_prefix '../../escape'", "outside the output folder", "wplus/face")),
+    Case("edit_layers_empty", _wplus(GOOD, layer_start=12, layer_end=4), "WPlusEdit",
+         ("layer_start 12 must be below layer_end 4", "-1 takes the direction's own value")),
+    Case("interpolate_batches_2_and_3", lambda: _interpolate("zz_batch2.safetensors", "zz_batch3.safetensors"),
+         "WPlusInterpolate", ("batch 2", "has 3", "equal or one of them 1")),
+    Case("invert_photo_not_aligned", lambda: _invert_photo("wild_1.jpg"), "WPlusE4EInvert",
+         ("600x337", "square", "'aligned' output of W+ Face Align")),
+    Case("paste_back_more_faces_than_crops", lambda: _paste_back_two_faces("wild_1.jpg"), "WPlusPasteBack",
+         ("2 faces for 1 crops", "one face per crop")),
     # editing directions (models/wplus_directions)
     Case("direction_wrong_shape", _wplus(GOOD, direction="user/zz_shape_3x512"), "WPlusEdit",
          ("zz_shape_3x512.pt", "(3, 512)", "accepted shapes")),
