@@ -358,13 +358,32 @@ def test_rgba_image_uses_its_rgb(server, bad):
     served(server)
 
 
+def _face_count(server, photo, min_face_size):
+    """How many faces W+ Face Align finds (read from its out-of-range message)."""
+    with pytest.raises(ExecutionFailed) as info:
+        run(server, face_graph(photo, face_select="index", face_index=60, min_face_size=min_face_size)[0].prompt)
+    msg = info.value.error["exception_message"]
+    return int(msg.split("out of range for the image: ")[1].split(" face")[0])
+
+
+def _thumb(a: np.ndarray, n: int = 64) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize((n, n), Image.BOX))
+
+
 def test_6000x4000_photo_is_aligned(server, bad):
-    """Shrunk for detection, cropped from the full-resolution pixels: the same face as from the
-    original 600 px photo."""
+    """Shrunk for detection, cropped from the full-resolution pixels: the largest face of the
+    6000x4000 photo (wild_1.jpg enlarged 10x) is the largest face of the original 600 px photo,
+    and clearly none of the others (compared at 64 px: the two crops come from different pixels)."""
     (crop,) = _aligned(server, "zz_big_6000x4000.jpg")
-    (small,) = _aligned(server, "wild_1.jpg")
     assert crop.shape == (256, 256, 3) and crop.std() > 5
-    assert psnr(crop, small) > 22, psnr(crop, small)
+    (largest,) = _aligned(server, "wild_1.jpg")
+    n = _face_count(server, "wild_1.jpg", 64)
+    faces = [_aligned(server, "wild_1.jpg", face_select="index", face_index=i)[0] for i in range(n)]
+    others = [f for f in faces if not np.array_equal(f, largest)]
+    assert len(others) == n - 1 >= 1
+    same = psnr(_thumb(crop), _thumb(largest))
+    best_other = max(psnr(_thumb(crop), _thumb(f)) for f in others)
+    assert same > 20 and same > best_other + 8, (same, best_other)
     served(server)
 
 
@@ -383,11 +402,8 @@ def test_batch_mixing_good_and_bad_photos_skips_the_bad(server, bad):
 def test_several_faces_each_selection_mode(server, bad):
     """wild_1.jpg has several faces: index 0..N-1 are N different crops left to right, -1 is the
     last, and largest / most_confident each pick one of them."""
-    with pytest.raises(ExecutionFailed) as info:
-        run(server, face_graph("wild_1.jpg", face_select="index", face_index=40, min_face_size=0)[0].prompt)
-    msg = info.value.error["exception_message"]
-    n = int(msg.split("out of range for the image: ")[1].split(" face")[0])
-    assert n >= 3, msg
+    n = _face_count(server, "wild_1.jpg", 0)
+    assert n >= 3, n
     g = Graph()
     load = g.add("LoadImage", image="wild_1.jpg")
     outs = {}
@@ -438,7 +454,8 @@ def test_mask_of_another_size_is_resized(server, bad, plain_latent, adapter_late
                                 prefix=f"reliability/mask{value:g}")
         results[value] = saved_latent(server, run(server, g.prompt), ids["save"])
     assert_same(results[0.0], plain_latent, "all-zero mask vs no adapter")
-    assert (results[1.0] - adapter_latent).abs().max() < 1e-4
+    # (bit-identical on this CPU; interpolating a constant may round by an ulp elsewhere)
+    assert (results[1.0] - adapter_latent).abs().max() <= 1e-6 * adapter_latent.abs().max()
     served(server)
 
 
