@@ -390,6 +390,7 @@ def test_6000x4000_photo_is_aligned(server, bad):
 def test_face_smaller_than_minimum_is_found_with_a_lower_minimum(server, bad):
     (crop,) = _aligned(server, "zz_small_face.png", min_face_size=16)
     assert crop.shape == (256, 256, 3) and crop.std() > 5
+    served(server)
 
 
 def test_batch_mixing_good_and_bad_photos_skips_the_bad(server, bad):
