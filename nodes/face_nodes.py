@@ -254,7 +254,8 @@ class WPlusPasteBack:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The photos given to W+ Face Align."}),
-            "face": ("IMAGE", {"tooltip": "Square faces in the aligned frame, one per crop (or one for all)."}),
+            "face": ("IMAGE", {"tooltip": "Square faces in the aligned frame: one per crop, one for all crops, "
+                                          "or a whole batch (e.g. an edit sweep) for a single crop."}),
             "crop": ("WPLUS_CROP", {"tooltip": "The 'crop' output of W+ Face Align."}),
             "feather": ("FLOAT", {"default": 0.06, "min": 0.0, "max": 0.5, "step": 0.01,
                                   "tooltip": "Soft edge width, as a fraction of the crop side."}),
@@ -265,14 +266,16 @@ class WPlusPasteBack:
     CATEGORY = CATEGORY
 
     def paste(self, image, face, crop, feather):
-        if face.shape[0] not in (1, len(crop)):
-            raise WPlusError(f"W+ Paste Back: {face.shape[0]} faces for {len(crop)} crops; give one face "
-                             "per crop, or one face for all.")
+        faces, crops = face.shape[0], len(crop)
+        if faces != crops and 1 not in (faces, crops):
+            raise WPlusError(f"W+ Paste Back: {faces} faces for {crops} crops; give one face per crop, "
+                             "one face for all crops, or any number of faces for one crop (e.g. an edit sweep).")
         out = []
-        for k, placement in enumerate(crop):
+        for k in range(max(faces, crops)):
+            placement = crop[k if crops > 1 else 0]
             i = placement["batch_index"]
             photo = image[min(i, image.shape[0] - 1)][..., :3].float().cpu().numpy()
-            f = face[k if face.shape[0] > 1 else 0][..., :3].float().cpu().numpy()
+            f = face[k if faces > 1 else 0][..., :3].float().cpu().numpy()
             out.append(torch.from_numpy(alignment.paste_back(photo, f, placement["alignment"], feather)))
         return (torch.stack(out).to(mm.intermediate_device()),)
 

@@ -47,6 +47,10 @@ def test_face_align_real_photo_with_background_mask(nodes, reference_dir, facexl
     assert pasted.shape == photo.shape
     assert torch.equal(pasted[0, :5, :5], photo[0, :5, :5])
     assert (pasted - photo).abs().max() > 0.3
+    # a sweep of faces into one crop gives one photo per face
+    sweep = torch.stack([aligned[0] * 0, aligned[0] * 0 + 1, aligned[0]])
+    (three,) = nodes["WPlusPasteBack"]().paste(photo, sweep, crop, 0.06)
+    assert three.shape == (3, *photo.shape[1:]) and not torch.equal(three[0], three[1])
 
 
 def test_no_face_is_a_clear_error_or_skipped(nodes, reference_dir):
