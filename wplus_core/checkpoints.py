@@ -53,3 +53,26 @@ def _first_sentence(e: BaseException, limit: int = 160) -> str:
     text = lines[0] if lines else type(e).__name__
     text = re.split(r"(?<=[^.\s])\. ", text, maxsplit=1)[0].rstrip(".")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_state_dict(state, expected: dict, path: str, what: str, hint=None) -> dict:
+    """Validate a flat state dict against a module's ``state_dict()`` (keys and shapes), dropping
+    a ``module.`` prefix (DataParallel saves). ``hint(state) -> str`` may say what the file is
+    instead. Returns the cleaned dict; a WPlusError names the file and the difference otherwise."""
+    if not isinstance(state, dict) or not state or \
+            not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WPlusError(f"'{path}' is not a {what} state dict (expected a flat dict of tensors)")
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        extra = hint(state) if hint else ""
+        raise WPlusError(
+            f"'{path}' is not a {what} checkpoint: {len(missing)} expected keys missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}).{extra} "
+            f"Use the official {os.path.basename(path)}.")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise WPlusError(f"'{path}': tensor {k} has shape {tuple(state[k].shape)}, {what} expects "
+                             f"{tuple(v.shape)}; the file is not the official {what} checkpoint")
+    return state

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import read_weights
+from .checkpoints import check_state_dict, read_weights
 from .errors import WPlusError
 
 __all__ = ["PARSERS", "FaceParser", "init_parsing_model", "background_mask", "mask_from_labels",
@@ -84,26 +84,14 @@ class FaceParser:
         path = os.fspath(path)
         model = _build(name)
         state = read_weights(path, f"{name} face-parsing weights")
-        if not isinstance(state, dict) or not state or \
-                not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise WPlusError(f"'{path}' is not a {name} state dict (expected a flat dict of tensors)")
-        state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-        expected = model.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        if missing or unexpected:
-            hint = ""
-            other = "bisenet" if name == "parsenet" else "parsenet"
-            if set(state) == set(_build(other).state_dict()):
-                hint = f" It is a {other} checkpoint: choose the {other} parser for it."
-            raise WPlusError(
-                f"'{path}' is not a {name} face-parsing checkpoint: {len(missing)} expected keys "
-                f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. "
-                f"{unexpected[:3]}).{hint} Use facexlib's official {PARSERS[name][0]}.")
-        for k, v in expected.items():
-            if tuple(state[k].shape) != tuple(v.shape):
-                raise WPlusError(f"'{path}': tensor {k} has shape {tuple(state[k].shape)}, {name} "
-                                 f"expects {tuple(v.shape)}; not the official {PARSERS[name][0]}")
+        other = "bisenet" if name == "parsenet" else "parsenet"
+
+        def hint(found):
+            if set(found) == set(_build(other).state_dict()):
+                return f" It is a {other} checkpoint: choose the {other} parser for it."
+            return ""
+
+        state = check_state_dict(state, model.state_dict(), path, f"{name} face-parsing", hint)
         model.load_state_dict(state, strict=True)
         model.eval().requires_grad_(False)
         device = torch.device(device) if device is not None else torch.device("cpu")

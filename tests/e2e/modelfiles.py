@@ -42,14 +42,7 @@ E4E = ("e4e", "e4e_ffhq_encode.pt")
 PARSENET = ("facexlib", "parsing_parsenet.pth")
 ALL_FILES = (CHECKPOINT, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E, PARSENET)
 
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
-    "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
+from tests.host.sd15 import SD15_UNET  # noqa: E402  (one copy of the SD1.5 layout)
 # diffusers names and widths of the 16 SD1.5 transformer blocks (HOST.md table), for LoRA keys
 SD15_ATTENTION_BLOCKS = (
     [(f"down_blocks_{b}_attentions_{i}", w) for b, w in ((0, 320), (1, 640), (2, 1280)) for i in range(2)]

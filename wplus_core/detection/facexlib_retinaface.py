@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..checkpoints import read_weights
+from ..checkpoints import check_state_dict, read_weights
 from ..errors import WPlusError
 from . import FaceDetector
 
@@ -22,31 +22,11 @@ FILES = {"retinaface_resnet50": ("resnet50", "detection_Resnet50_Final.pth"),
          "retinaface_mobile0.25": ("mobile0.25", "detection_mobilenet0.25_Final.pth")}
 
 
-def _strip_module(state: dict) -> dict:
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def _check_state(state, expected: dict, path: str, name: str) -> dict:
-    if not isinstance(state, dict) or not state or \
-            not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WPlusError(f"'{path}' is not a {name} state dict (expected a flat dict of tensors)")
-    state = _strip_module(state)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        other = ""
-        if {"body.conv1.weight", "body.stage1.0.0.weight"} & set(state):
-            other = (" It looks like the other RetinaFace backbone (" +
-                     ("resnet50" if "body.conv1.weight" in state else "mobilenet0.25") + ").")
-        raise WPlusError(
-            f"'{path}' is not a {name} checkpoint: {len(missing)} expected keys missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}).{other} "
-            f"Use facexlib's official {os.path.basename(path)}.")
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise WPlusError(f"'{path}': tensor {k} has shape {tuple(state[k].shape)}, {name} expects "
-                             f"{tuple(v.shape)}; the file is not the official {name} checkpoint")
-    return state
+def _other_backbone(state) -> str:
+    if {"body.conv1.weight", "body.stage1.0.0.weight"} & set(state):
+        return (" It looks like the other RetinaFace backbone (" +
+                ("resnet50" if "body.conv1.weight" in state else "mobilenet0.25") + ").")
+    return ""
 
 
 class FacexlibRetinaFace(FaceDetector):
@@ -78,7 +58,8 @@ class FacexlibRetinaFace(FaceDetector):
             warnings.simplefilter("ignore")
             model = RetinaFace(network_name=network, half=False, device=device)
         path = os.fspath(path)
-        state = _check_state(read_weights(path, f"{name} weights"), model.state_dict(), path, name)
+        state = check_state_dict(read_weights(path, f"{name} weights"), model.state_dict(), path, name,
+                                 hint=_other_backbone)
         model.load_state_dict(state, strict=True)
         model.eval()
         if half and device.type != "cpu":
