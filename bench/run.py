@@ -184,11 +184,11 @@ def bench_node(args, device, results):
 def bench_e4e(args, device, dtype, results):
     try:
         from wplus_core.e4e import load_e4e
-        from test_e4e import random_e4e_state  # built by the e4e tests' helper
+        from e4e_reference import official_checkpoint, random_e4e_weights
     except ImportError as e:
         print(f"e4e: skipped ({e})")
         return
-    model = load_e4e(random_e4e_state(), device=device, dtype=dtype)
+    model = load_e4e(official_checkpoint(*random_e4e_weights(seed=0)), device=device, dtype=dtype)
     rounds = max(3, args.rounds // 2)
     for b in ([1] if args.quick else [1, 8]):
         x = torch.rand(b, 3, 256, 256, device=device, dtype=dtype) * 2 - 1
@@ -203,32 +203,24 @@ def bench_e4e(args, device, dtype, results):
 
 
 def bench_align(args, results):
+    """Alignment of the largest face of the official test photo (or a synthetic one without it)."""
     import numpy as np
     from wplus_core.alignment import align_face
     ref = ROOT.parent / "shared" / "reference"
-    photo_path = ref / "photos" / "wild_1.jpg"
-    if photo_path.is_file():
+    if (ref / "photos" / "wild_1.jpg").is_file():
         from PIL import Image
-        photo = np.asarray(Image.open(photo_path).convert("RGB"))
-        marks = json.loads((ref / "alignment" / "landmarks.json").read_text())
-        pts = np.asarray(next(iter(_five_points(marks))), dtype=np.float64)
+        photo = np.asarray(Image.open(ref / "photos" / "wild_1.jpg").convert("RGB"))
+        faces = json.loads((ref / "alignment" / "landmarks.json").read_text())["wild_1.jpg"]["faces"]
+        pts = np.asarray(faces[0]["landmarks68"], dtype=np.float64)
     else:
         rng = np.random.default_rng(0)
         photo = rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
         pts = np.array([[700, 500], [900, 500], [800, 620], [720, 720], [880, 720]], dtype=np.float64)
     for size in (512, 1024):
-        st = alternate({"align": lambda: align_face(photo, pts, size)}, max(10, args.rounds * 3), torch.device("cpu"))["align"]
+        st = alternate({"align": lambda: align_face(photo, pts, size)}, max(10, args.rounds * 3),
+                       torch.device("cpu"))["align"]
         results.append({"section": "align", "size": size, **st})
         print(f"align {size}px: {st['median_s']*1e3:.1f} ms/face")
-
-
-def _five_points(marks):
-    items = marks if isinstance(marks, list) else marks.get("faces", list(marks.values()))
-    for it in items:
-        if isinstance(it, dict):
-            for key in ("five_points", "points5", "five", "lm5"):
-                if key in it:
-                    yield it[key]
 
 
 def main():
