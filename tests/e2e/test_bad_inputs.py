@@ -183,10 +183,11 @@ def _invert_photo(photo):
     return g
 
 
-def _paste_back_two_faces(photo):
-    g, ids = face_graph(photo)
+def _paste_back_four_faces_two_crops(photo, other):
+    """Two photos give two crops; four faces for them fit neither one-per-crop nor one-for-all."""
+    g, ids = face_graph(photo, extra_images=(other,))
     two = g.add("ImageBatch", image1=g.out(ids["align"]), image2=g.out(ids["align"]))
-    paste = g.add("WPlusPasteBack", image=g.out(ids["load"]), face=g.out(two), crop=g.out(ids["align"], 2),
+    paste = g.add("WPlusPasteBack", image=g.out(ids["batch0"]), face=g.out(two), crop=g.out(ids["align"], 2),
                   feather=0.06)
     g.nodes[ids["preview"]]["inputs"]["images"] = g.out(paste)
     return g
@@ -254,8 +255,8 @@ FILE_ERRORS = [
          "WPlusInterpolate", ("batch 2", "has 3", "equal or one of them 1")),
     Case("invert_photo_not_aligned", lambda: _invert_photo("wild_1.jpg"), "WPlusE4EInvert",
          ("600x337", "square", "'aligned' output of W+ Face Align")),
-    Case("paste_back_more_faces_than_crops", lambda: _paste_back_two_faces("wild_1.jpg"), "WPlusPasteBack",
-         ("2 faces for 1 crops", "one face per crop")),
+    Case("paste_back_faces_do_not_fit_crops", lambda: _paste_back_four_faces_two_crops("wild_1.jpg", "aligned_1.png"),
+         "WPlusPasteBack", ("4 faces for 2 crops", "one face per crop")),
     # editing directions (models/wplus_directions)
     Case("direction_wrong_shape", _wplus(GOOD, direction="user/zz_shape_3x512"), "WPlusEdit",
          ("zz_shape_3x512.pt", "(3, 512)", "accepted shapes")),
