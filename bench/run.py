@@ -6,6 +6,8 @@ Sections:
   unet   UNet step of a random-weight SD1.5 (ComfyUI's own model classes): unpatched vs
          ApplyWPlusAdapter (folded branch), vs a straightforward port (per-site plain maths), and
          patched-but-outside-the-window; per size, batch and dtype. Needs a ComfyUI checkout.
+  branch the W+ work of one step alone (16 sites at their real token counts): folded vs
+         straightforward; divided by the unpatched step time it gives the overhead precisely.
   node   ApplyWPlusAdapter node execution time and memory it allocates.
   e4e    e4e inversion per image (batch 1 and 8) and StyleGAN synthesis at 256 px (preview) and 1024.
   align  FFHQ alignment per face at 512 and 1024 px.
@@ -153,6 +155,36 @@ def bench_unet(args, device, dtype, results):
                   + " | ".join(f"{k} {row[k + '_overhead']*100:+.2f}%" for k in stats if k != "unpatched"))
 
 
+def bench_branch(args, device, dtype, results):
+    """The W+ work of one UNet step alone: the 16 sites' branches at their real token counts,
+    folded (what the pack runs) vs straightforward (q/k/v projections + attention), so the
+    overhead can be read precisely even where whole-step timings are noisy (CPU)."""
+    from test_adapter import official_state_dict
+    from wplus_core.adapter import SITES, FoldedSite, load_wplus_adapter, wplus_attention
+    adapter = load_wplus_adapter(official_state_dict())
+    tokens = adapter.project(torch.randn(1, 18, 512))
+    down = {320: 8, 640: 16, 1280: 32}
+    for size in ([256] if args.quick else [256, 512]):
+        for b in (args.batches and [int(x) for x in args.batches.split(",")]) or [1, 2]:
+            inputs = []
+            for s in SITES:
+                n = (size // down[s.hidden]) ** 2 if s.block[0] != "middle" else (size // 64) ** 2
+                sw = adapter.sites[s.block]
+                site = type(sw)(*(t.to(device, dtype) for t in (sw.to_q, sw.to_k, sw.to_v)))
+                x = torch.randn(b, n, s.hidden, device=device, dtype=dtype)
+                inputs.append((FoldedSite(sw, tokens, 8).to(device, dtype).select(0), site, x))
+            variants = {"folded": lambda: [f.branch(x) for f, _, x in inputs],
+                        "straightforward": lambda: [wplus_attention(x, st, tokens.to(device, dtype), 8) for _, st, x in inputs]}
+            with torch.inference_mode():
+                stats = alternate(variants, max(10, args.rounds * 2), device)
+            row = {"section": "branch", "size": size, "unet_batch": b, "dtype": str(dtype).replace("torch.", ""),
+                   **{f"{k}_median_s": v["median_s"] for k, v in stats.items()},
+                   **{f"{k}_spread_s": [v["min_s"], v["max_s"]] for k, v in stats.items()}}
+            results.append(row)
+            print(f"W+ branch, 16 sites, {size}px batch {b}: folded {stats['folded']['median_s']*1e3:.1f} ms, "
+                  f"straightforward {stats['straightforward']['median_s']*1e3:.1f} ms")
+
+
 def bench_node(args, device, results):
     pack = load_comfy()
     if pack is None:
@@ -230,7 +262,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", default=None, help="e.g. float16,bfloat16 (default: fp32 on CPU, fp16,bf16 on CUDA)")
     ap.add_argument("--batches", default=None, help="UNet batches, e.g. 1,2,8")
-    ap.add_argument("--sections", default="unet,node,e4e,align")
+    ap.add_argument("--sections", default="unet,branch,node,e4e,align")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args()
     if args.quick:
@@ -247,6 +279,8 @@ def main():
     for dtype in dtypes:
         if "unet" in sections:
             bench_unet(args, device, dtype, results)
+        if "branch" in sections:
+            bench_branch(args, device, dtype, results)
         if "e4e" in sections:
             bench_e4e(args, device, dtype, results)
     if "node" in sections:
