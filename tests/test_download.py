@@ -4,10 +4,10 @@ import hashlib
 import http.server
 import os
 import socket
-import threading
 
 import pytest
 
+from loopback import serve
 from wplus_core import download
 from wplus_core.download import KNOWN_FILES, ensure_file, ensure_known_file
 from wplus_core.errors import WPlusError
@@ -40,14 +40,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.timeout = 5
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serve(_Handler) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from loopback import serve
 from wplus_core import download
 from wplus_core.download import ensure_file
 from wplus_core.errors import WPlusError
@@ -93,20 +94,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def server():
     RELEASE.clear()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    RELEASE.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serve(_Handler, on_stop=RELEASE.set) as url:
+        yield url
 
 
-@pytest.fixture(autouse=True)
-def online(monkeypatch):
-    monkeypatch.delenv(download.OFFLINE_ENV, raising=False)
+from test_download import online  # noqa: E402,F401  (autouse: downloads allowed here)
 
 
 def test_final_name_is_absent_during_the_whole_transfer(server, tmp_path):
