@@ -9,7 +9,6 @@ command stops at once, listing each file, the folder it belongs in and where to 
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile

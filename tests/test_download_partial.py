@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from loopback import serve
-from wplus_core import download
 from wplus_core.download import ensure_file
 from wplus_core.errors import WPlusError
 

@@ -1,6 +1,5 @@
 """Face parsing + background whitening: facexlib ParseNet/BiSeNet loaded from random-weight files
 in the official format, the reference mask recipe, label maps, normalisation, whitening."""
-import os
 import warnings
 
 import cv2
