@@ -7,16 +7,24 @@ import tempfile
 from pathlib import Path
 
 
-def _workflows(args) -> int:
-    from . import workflows
+def _with_server(args, job) -> int:
+    """Run ``job(server)`` against a throwaway CPU ComfyUI on loopback (maintainer commands)."""
     from .comfy_server import ComfyServer, find_comfyui
     comfyui = find_comfyui(args.comfyui)
     if comfyui is None:
         print("No ComfyUI found: pass --comfyui PATH or set COMFYUI_PATH.", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="wplus-wf-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="wplus-cli-") as tmp:
         with ComfyServer(comfyui, Path(tmp), cpu=True) as server:
-            info = server.get_json("/object_info")
+            return job(server)
+
+
+def _workflows(args) -> int:
+    from . import workflows
+    info = {}
+    rc = _with_server(args, lambda server: info.update(server.get_json("/object_info")))
+    if rc:
+        return rc
     stale = workflows.write_all(info, check=not args.write)
     for name in stale:
         print(("wrote " if args.write else "out of date: ") + name)
@@ -25,16 +33,13 @@ def _workflows(args) -> int:
 
 def _thumbnails(args) -> int:
     from . import browser, workflows
-    from .comfy_server import ComfyServer, find_comfyui
-    comfyui = find_comfyui(args.comfyui)
-    if comfyui is None:
-        print("No ComfyUI found: pass --comfyui PATH or set COMFYUI_PATH.", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="wplus-thumbs-") as tmp:
-        with ComfyServer(comfyui, Path(tmp), cpu=True) as server:
-            for path in browser.make_thumbnails(server, [s.name for s in workflows.SPECS], workflows.WORKFLOWS_DIR):
-                print("wrote", path)
-    return 0
+
+    def job(server):
+        for path in browser.make_thumbnails(server, [s.name for s in workflows.SPECS], workflows.WORKFLOWS_DIR):
+            print("wrote", path)
+        return 0
+
+    return _with_server(args, job)
 
 
 def main(argv=None) -> int:
