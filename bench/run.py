@@ -84,17 +84,18 @@ class NaiveSite:
     """A straightforward port: plain text attention, then the reference W+ maths, every step."""
 
     def __init__(self, site, cond, uncond, weight):
+        import comfy.ldm.modules.attention
+        from comfyui_wplus_adapter.wplus_core.adapter import wplus_attention
         self.site, self.cond, self.uncond, self.weight = site, cond, uncond, weight
+        self.attention, self.wplus_attention = comfy.ldm.modules.attention.optimized_attention, wplus_attention
 
     def __call__(self, q, k, v, extra):
-        from comfyui_wplus_adapter.wplus_core.adapter import wplus_attention
-        import comfy.ldm.modules.attention as at
         heads = extra["n_heads"]
-        text = at.optimized_attention(q, k, v, heads)
+        text = self.attention(q, k, v, heads)
         chunks = extra["cond_or_uncond"]
         per = q.shape[0] // len(chunks)
         toks = torch.cat([(self.uncond if c == 1 else self.cond).expand(per, -1, -1) for c in chunks])
-        return wplus_attention(text, self.site, toks.to(q), heads, self.weight)
+        return self.wplus_attention(text, self.site, toks.to(q), heads, self.weight)
 
 
 def bench_unet(args, device, dtype, results):
@@ -190,7 +191,6 @@ def bench_node(args, device, results):
     if pack is None:
         print("node: no ComfyUI checkout found; skipped")
         return
-    import tracemalloc
     from host.sd15 import random_sd15_patcher
     from test_adapter import official_state_dict
     from comfyui_wplus_adapter.wplus_core.adapter import load_wplus_adapter
@@ -200,15 +200,15 @@ def bench_node(args, device, results):
     w = torch.randn(1, 18, 512)
     node.apply(base, adapter, w, 1.0, 0.2, 1.0)
     times = [timed(lambda: node.apply(base, adapter, w, 1.0, 0.2, 1.0), torch.device("cpu")) for _ in range(20)]
-    tracemalloc.start()
-    node.apply(base, adapter, w, 1.0, 0.2, 1.0)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    (patched,) = node.apply(base, adapter, w, 1.0, 0.2, 1.0)
+    patch = patched.wrappers["apply_model"]["wplus_adapter"][0]
+    own = patch.tokens.numel() * patch.tokens.element_size()  # all the node allocates in tensors
+    shared = patch.sites is adapter.sites and patched.clone().wrappers["apply_model"]["wplus_adapter"][0] is patch
     row = {"section": "node", "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-           "python_peak_alloc_bytes": peak}
+           "tensor_bytes_per_execution": own, "adapter_weights_shared": shared}
     results.append(row)
     print(f"ApplyWPlusAdapter node: {row['median_s']*1e3:.2f} ms median ({min(times)*1e3:.2f}..{max(times)*1e3:.2f}), "
-          f"python allocations peak {peak/1024:.0f} KiB (tensors are not copied per clone)")
+          f"{own/1024:.0f} KiB of tensors per execution, adapter weights shared across clones: {shared}")
 
 
 # ----------------------------------------------------------------------------- e4e / align

@@ -94,10 +94,8 @@ class WPlusAdapter:
     @torch.no_grad()
     def project(self, w: torch.Tensor) -> torch.Tensor:
         """(B,18,512) or (18,512) W+ -> (B,4,768) tokens, computed in float32 on the weights' device."""
-        w = check_wplus(w)
-        p = self.projection
-        ref = p.norm.weight
-        return p(w.to(ref.device, torch.float32)).to(w.dtype if w.is_floating_point() else torch.float32)
+        w = check_wplus(w)  # floating point, (B,18,512)
+        return self.projection(w.to(self.projection.norm.weight.device, torch.float32)).to(w.dtype)
 
     def uncond_tokens(self) -> torch.Tensor:
         """The reference's negative-branch tokens: the projection of an all-zero W+ (1,4,768)."""

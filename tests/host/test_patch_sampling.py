@@ -221,6 +221,11 @@ def test_no_mutation_and_no_pile_up(base, adapter, apply):
     assert torch.equal(first, third)
     assert base.model_options == options_before
     assert {k: {kk: list(vv) for kk, vv in v.items()} for k, v in base.wrappers.items()} == wrappers_before
+    # no weight copies: the patch holds the adapter's own tensors, and downstream clones share the patch
+    patched = apply(base, adapter, w, 1.0, 0.0, 1.0)
+    patch = patched.wrappers["apply_model"]["wplus_adapter"][0]
+    assert patch.sites is adapter.sites
+    assert patched.clone().wrappers["apply_model"]["wplus_adapter"][0] is patch
 
 
 @pytest.mark.parametrize("arch", ["SDXL", "SD20"])
@@ -232,10 +237,8 @@ def test_non_sd15_models_are_refused(comfy, adapter, apply, arch):
                      "context_dim": 2048, "adm_in_channels": 2816, "use_temporal_attention": False},
             "SD20": {"context_dim": 1024, "model_channels": 320, "use_linear_in_transformer": True,
                      "adm_in_channels": None, "use_temporal_attention": False}}[arch]
+    # ComfyUI's real config class for that family (real checkpoints: tests/e2e/test_bad_inputs.py)
     config = getattr(sm, arch)(dict(unet))
-    config.unet_config.update({"in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2, 2][:len(unet.get("transformer_depth", [1]*8)) // 2 or 4],
-                               "channel_mult": [1, 2, 4][: len(unet.get("transformer_depth", [0]*6)) // 2] if arch == "SDXL" else [1, 2, 4, 4],
-                               "num_head_channels": 64})
     model = comfy.model_patcher.ModelPatcher(type("M", (torch.nn.Module,), {})(), load_device=torch.device("cpu"),
                                              offload_device=torch.device("cpu"))
     model.model.model_config = config
