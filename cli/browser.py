@@ -4,7 +4,7 @@ browser is the system's /usr/bin/chromium, never a downloaded one).
     with comfy_page(server) as page:                   # the graph editor of a running ComfyServer
         result = load_workflow(page, ui_json, "name")  # nodes as the page built them, open dialogs,
                                                        # and the API prompt the page would queue
-    make_thumbnails(server, names)                     # workflows/<name>.jpg (template thumbnails)
+    make_thumbnails(server, names)                     # example_workflows/<name>.jpg (template thumbnails)
 
 The page only reaches loopback: requests to other hosts (release notes, registry) are aborted and
 listed in ``page.outside_requests``; uncaught page errors collect in ``page.page_errors``.

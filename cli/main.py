@@ -48,10 +48,10 @@ def main(argv=None) -> int:
     from . import run
     p_run = sub.add_parser("run", help="photo + prompt -> images, with workflow 1 in a real ComfyUI")
     run.add_arguments(p_run)
-    p_wf = sub.add_parser("workflows", help="check (or --write) workflows/ against cli/workflows.py")
+    p_wf = sub.add_parser("workflows", help="check (or --write) example_workflows/ against cli/workflows.py")
     p_wf.add_argument("--comfyui", type=Path, default=None)
     p_wf.add_argument("--write", action="store_true")
-    p_th = sub.add_parser("thumbnails", help="write workflows/<name>.jpg (needs playwright + /usr/bin/chromium)")
+    p_th = sub.add_parser("thumbnails", help="write example_workflows/<name>.jpg (needs playwright + /usr/bin/chromium)")
     p_th.add_argument("--comfyui", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.command == "run":

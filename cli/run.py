@@ -1,7 +1,7 @@
 """`run`: workflow 1 (photo -> W+ -> personalised image) headless, in the real ComfyUI engine.
 
 ComfyUI is started on loopback (a free port, temporary input/output folders, the pack loaded
-through the extra_model_paths YAML), the API twin of workflows/wplus_1_photo_to_image.json is
+through the extra_model_paths YAML), the API twin of example_workflows/wplus_1_photo_to_image.json is
 submitted with the photo, prompt and options filled in, and the saved images are copied to --out.
 Before anything starts, the model files the workflow names are looked up: when one is missing the
 command stops at once, listing each file, the folder it belongs in and where to get it

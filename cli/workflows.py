@@ -1,7 +1,7 @@
 """The example workflows: one Python description each, written out in both ComfyUI formats.
 
-    workflows/<name>.json       UI format (graph editor; ComfyUI lists it under the pack's templates)
-    workflows/api/<name>.json   API format (POST /prompt, headless runs, `python -m cli run`)
+    example_workflows/<name>.json       UI format (graph editor; ComfyUI lists it under the pack's templates)
+    example_workflows/api/<name>.json   API format (POST /prompt, headless runs, `python -m cli run`)
 
 Both files come from the same description (SPECS below) and the node definitions that a running
 ComfyUI reports on GET /object_info, so widget order, defaults and socket types are the host's
@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
+WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "example_workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the reference's negative prompt

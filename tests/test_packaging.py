@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ROOT / "workflows"
+WORKFLOWS = ROOT / "example_workflows"
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 
 
@@ -64,7 +64,7 @@ def test_every_ui_workflow_has_an_api_twin():
     pairs = _pairs()
     assert len(pairs) >= 5
     for ui, api in pairs:
-        assert api.is_file(), f"{ui.name} has no API-format twin in workflows/api/"
+        assert api.is_file(), f"{ui.name} has no API-format twin in example_workflows/api/"
     assert sorted(p.name for p in (WORKFLOWS / "api").glob("*.json")) == sorted(ui.name for ui, _ in pairs)
 
 

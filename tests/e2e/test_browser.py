@@ -62,7 +62,7 @@ def test_workflow_loads_in_the_graph_editor(page, name, object_info, artifacts):
 
 
 def test_pack_templates_are_listed_with_thumbnails(server):
-    """ComfyUI serves the pack's workflows/ folder as templates (GET /workflow_templates), each with
+    """ComfyUI serves the pack's example_workflows/ folder as templates (GET /workflow_templates), each with
     its same-named .jpg thumbnail."""
     templates = server.get_json("/workflow_templates")
     module = next((k for k in templates if "wplus" in k.lower()), None)

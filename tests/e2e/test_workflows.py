@@ -86,7 +86,7 @@ def expected_outputs(name, prompt, photo_size):
 
 
 def test_committed_workflows_match_their_description(object_info):
-    """workflows/*.json are what `python -m cli workflows --write` makes with this ComfyUI."""
+    """example_workflows/*.json are what `python -m cli workflows --write` makes with this ComfyUI."""
     stale = workflows.write_all(object_info, check=True)
     assert not stale, f"out of date (regenerate with `python -m cli workflows --write`): {stale}"
 
