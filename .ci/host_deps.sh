@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Dependencies of the host and end-to-end tests, installed only when a real ComfyUI checkout is
-# found ($COMFYUI_PATH, the folder two levels up, ~/comfy/ComfyUI; see design/HOST.md):
-#  - ComfyUI's requirements.txt without torch/torchvision/torchaudio (the host's torch stays);
-#  - playwright (Python package only; it drives Debian's chromium, never a downloaded browser);
-#  - Debian's chromium through .ci/install_browser.sh.
-# Without ComfyUI it prints one line and exits 0 (the host and e2e tests then skip).
+# Dependencies of the host and end-to-end tests for a ComfyUI checkout the user already has
+# ($COMFYUI_PATH, the folder two levels up, ~/comfy/ComfyUI; see design/HOST.md), installed into the
+# current python: its requirements.txt without torch/torchvision/torchaudio (the host's torch stays)
+# and playwright (the Python package only: it drives Debian's chromium, never a downloaded browser).
+# The snapshots in ../shared/hosts get their own venvs instead (.ci/prepare_host.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,7 +12,7 @@ for cand in "${COMFYUI_PATH:-}" "$(cd ../.. && pwd)" "$HOME/comfy/ComfyUI"; do
   if [ -n "$cand" ] && [ -f "$cand/main.py" ] && [ -f "$cand/comfy/model_patcher.py" ]; then COMFY=$cand; break; fi
 done
 if [ -z "$COMFY" ]; then
-  echo "host_deps: no ComfyUI checkout found: host and end-to-end tests will skip"
+  echo "host_deps: no ComfyUI checkout found"
   exit 0
 fi
 echo "host_deps: ComfyUI at $COMFY"
@@ -22,4 +21,3 @@ trap 'rm -f "$REQ"' EXIT
 grep -viE '^[[:space:]]*(torch|torchvision|torchaudio)([<>=!~ ;\[]|$)' "$COMFY/requirements.txt" > "$REQ" || true
 $PY -m pip install -q -r "$REQ"
 $PY -m pip install -q "playwright>=1.40"
-bash .ci/install_browser.sh || echo "host_deps: chromium not installed: browser tests will skip"
