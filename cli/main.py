@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cli", description="W+ Adapter for ComfyUI: command line.")
     sub = ap.add_subparsers(dest="command", required=True)
     from . import run
-    p_run = sub.add_parser("run", help="photo + prompt -> images, with workflow 1 in a real ComfyUI")
+    p_run = sub.add_parser("run", help="photos + prompt -> images with an example workflow, in a throwaway "
+                                         "local ComfyUI or on running servers (--server)")
     run.add_arguments(p_run)
     p_wf = sub.add_parser("workflows", help="check (or --write) example_workflows/ against cli/workflows.py")
     p_wf.add_argument("--comfyui", type=Path, default=None)

@@ -1,24 +1,36 @@
-"""`run`: workflow 1 (photo -> W+ -> personalised image) headless, in the real ComfyUI engine.
+"""`run`: example workflows (or any API-format workflow of the pack) headless, in the real ComfyUI engine.
 
-ComfyUI is started on loopback (a free port, temporary input/output folders, the pack loaded
-through the extra_model_paths YAML), the API twin of example_workflows/wplus_1_photo_to_image.json is
-submitted with the photo, prompt and options filled in, and the saved images are copied to --out.
-Before anything starts, the model files the workflow names are looked up: when one is missing the
-command stops at once, listing each file, the folder it belongs in and where to get it
-(--download fetches the official W+/e4e files when the network allows).
+    python -m cli run --photo me.jpg --prompt "..." --out out/                 # throwaway local ComfyUI
+    python -m cli run --photo photos/ --workflow 2 --server http://gpu1:8188 --server http://gpu2:8188 --out out/
+
+Without --server, ComfyUI is started on loopback (a free port, temporary input/output folders, the
+pack loaded through the extra_model_paths YAML) once for all the photos. Before anything starts,
+the model files the workflow names are looked up: when one is missing the command stops at once,
+listing each file, the folder it belongs in and where to get it (--download fetches the official
+W+/e4e files when the network allows). With --server, each server is asked first (GET
+/object_info) whether it has the workflow's nodes and files.
+
+Then every photo becomes one prompt (cli/prompts.py fills the API workflow: options left unset
+keep the workflow's own values), and cli/batch.py spreads the prompts over the servers, follows
+them on the websocket, re-queues the prompts of a server that stops answering, writes the images
+to --out named after their photo (never overwriting), and on Ctrl-C removes only our prompts.
+Exit codes: 0 all done, 2 bad usage, 3 model files or nodes missing, 4 a prompt or server failed,
+5 a prompt finished without an image, 130 interrupted.
 """
 from __future__ import annotations
 
+import glob as globmod
 import shutil
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from . import workflows
-from .comfy_server import ComfyServer, ExecutionFailed, PromptRejected, ServerError, find_comfyui, output_images
+from . import batch, prompts, workflows
+from .comfy_server import ComfyServer, ServerError, find_comfyui
 
-WORKFLOW = "wplus_1_photo_to_image"
+WORKFLOW = "wplus_1_photo_to_image"  # the default --workflow
 # facexlib weights behind W+ Face Align's options (nodes/face_nodes.py, wplus_core/parsing.py)
 FACEXLIB_FOR_DETECTOR = {"retinaface_resnet50": "detection_Resnet50_Final.pth",
                          "retinaface_mobile0.25": "detection_mobilenet0.25_Final.pth"}
@@ -26,74 +38,75 @@ FACEXLIB_FOR_PARSER = {"parsenet": "parsing_parsenet.pth", "bisenet": "parsing_b
 
 
 def add_arguments(ap) -> None:
-    ap.add_argument("--photo", required=True, type=Path, help="photo with a face (jpg/png/webp)")
-    ap.add_argument("--prompt", required=True, help="what to generate, e.g. 'a photo of a person on a beach'")
-    ap.add_argument("--out", required=True, type=Path, help="folder for the generated images")
-    ap.add_argument("--comfyui", type=Path, default=None,
-                    help="ComfyUI root (default: $COMFYUI_PATH, the folder two levels up, ~/comfy/ComfyUI)")
-    ap.add_argument("--models", type=Path, default=None,
-                    help="models folder with checkpoints/ wplus/ e4e/ facexlib/ (default: ComfyUI's models/)")
-    ap.add_argument("--negative", default=workflows.NEGATIVE, help="negative prompt (default: the reference's)")
-    ap.add_argument("--checkpoint", default=None, help=f"SD1.5 checkpoint file name (default {workflows.CHECKPOINT})")
-    ap.add_argument("--weight", type=float, default=None, help="identity strength (default 1.0)")
-    ap.add_argument("--start-at", type=float, default=None, help="identity joins at this fraction (default 0.2)")
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--cfg", type=float, default=None)
-    ap.add_argument("--width", type=int, default=None)
-    ap.add_argument("--height", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=None, help="images per run")
-    ap.add_argument("--face-index", type=int, default=None, help="use the face at this index (0 = leftmost, -1 = rightmost) instead of the largest")
-    ap.add_argument("--no-freeu", action="store_true", help="bypass FreeU")
-    ap.add_argument("--cpu", action="store_true", help="run ComfyUI with --cpu")
-    ap.add_argument("--download", action="store_true",
-                    help="download missing official W+ files (wplus_adapter.bin, e4e, facexlib) first")
-    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed for the run")
-    ap.add_argument("--keep", action="store_true", help="keep ComfyUI's temporary folder and log")
+    names = ", ".join(f"{i} {n}" for i, n in enumerate(prompts.workflow_names(), 1))
+    g = ap.add_argument_group("what to run")
+    g.add_argument("--photo", action="append", default=None, metavar="PATH",
+                   help="photo with a face: a file, a folder (its jpg/png/webp files) or a glob such as "
+                        "'photos/*.jpg'; repeatable. One prompt per photo, outputs named after it")
+    g.add_argument("--prompt", default=None, help="what to generate, e.g. 'a photo of a person on a beach' "
+                                                  "(default: the workflow's own)")
+    g.add_argument("--out", required=True, type=Path, help="folder for the generated images (never overwritten)")
+    g.add_argument("--workflow", default=None, metavar="NAME",
+                   help=f"example workflow by number or name ({names}; default 1), or the path of an "
+                        "API-format .json that uses the pack (photo, prompt and seed are overridden)")
+    g.add_argument("--server", action="append", default=None, metavar="URL",
+                   help="a running ComfyUI (http://host:8188) with the pack installed; repeatable: prompts are "
+                        "spread over the servers by how busy each is. Default: start a throwaway local one")
+    g.add_argument("--photo-b", type=Path, default=None, help="second face for the interpolation (workflow 3)")
+    g.add_argument("--control-image", "--pose", dest="control_image", type=Path, default=None,
+                   help="ControlNet image, e.g. an OpenPose skeleton (workflow 5)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or notes: only the written paths "
+                                                        "(stdout) and failures (stderr)")
+    o = ap.add_argument_group("options (unset = the workflow's own value)")
+    o.add_argument("--negative", default=None, help="negative prompt")
+    o.add_argument("--checkpoint", default=None, help=f"SD1.5 checkpoint file name (workflows: {workflows.CHECKPOINT})")
+    o.add_argument("--adapter", default=None, help="W+ adapter file, e.g. wplus_adapter_stage1.bin for stage-1 close-ups")
+    o.add_argument("--weight", type=float, default=None, help="identity strength")
+    o.add_argument("--start-at", type=float, default=None, help="identity joins at this fraction of the steps")
+    o.add_argument("--seed", type=int, default=None)
+    o.add_argument("--steps", type=int, default=None)
+    o.add_argument("--cfg", type=float, default=None)
+    o.add_argument("--sampler", default=None, help="KSampler sampler_name, e.g. euler, ddim, dpmpp_2m")
+    o.add_argument("--scheduler", default=None, help="KSampler scheduler, e.g. normal, karras, ddim_uniform")
+    o.add_argument("--width", type=int, default=None)
+    o.add_argument("--height", type=int, default=None)
+    o.add_argument("--batch", type=int, default=None, help="images per prompt")
+    o.add_argument("--face-index", type=int, default=None, help="use the face at this index (0 = leftmost, -1 = rightmost) instead of the largest")
+    o.add_argument("--no-freeu", action="store_true", help="bypass FreeU")
+    o.add_argument("--direction", default=None, help="W+ Edit direction, e.g. interfacegan/age (workflows 2, 4)")
+    o.add_argument("--strengths", default=None, help="W+ Edit strengths, e.g. '-3, 0, 3': one image each (workflows 2, 4)")
+    o.add_argument("--mix", type=float, default=None, help="interpolation weight: 0 = photo, 1 = photo B (workflow 3)")
+    o.add_argument("--lora", default=None, help="LoRA file name in models/loras (workflow 5)")
+    o.add_argument("--lora-strength", type=float, default=None, help="LoRA strength, model and CLIP (workflow 5)")
+    o.add_argument("--controlnet", default=None, help="ControlNet file name in models/controlnet (workflow 5)")
+    o.add_argument("--control-strength", type=float, default=None, help="ControlNet strength (workflow 5)")
+    r = ap.add_argument_group("running")
+    r.add_argument("--timeout", type=float, default=3600.0, help="seconds one prompt may run before it is interrupted")
+    r.add_argument("--server-timeout", type=float, default=60.0,
+                   help="seconds without an answer before a server is given up (its prompts go to the others)")
+    l = ap.add_argument_group("the throwaway local server (without --server)")
+    l.add_argument("--comfyui", type=Path, default=None,
+                   help="ComfyUI root (default: $COMFYUI_PATH, the folder two levels up, ~/comfy/ComfyUI)")
+    l.add_argument("--models", type=Path, default=None,
+                   help="models folder with checkpoints/ wplus/ e4e/ facexlib/ (default: ComfyUI's models/)")
+    l.add_argument("--cpu", action="store_true", help="run ComfyUI with --cpu")
+    l.add_argument("--download", action="store_true",
+                   help="download missing official W+ files (wplus_adapter.bin, e4e, facexlib) first")
+    l.add_argument("--keep", action="store_true", help="keep ComfyUI's temporary folder and log")
 
 
-def _find(prompt, class_type):
-    return [(k, v) for k, v in prompt.items() if v["class_type"] == class_type]
+OPTION_NAMES = ("prompt", "negative", "seed", "steps", "cfg", "sampler", "scheduler", "width", "height", "batch",
+                "weight", "start_at", "checkpoint", "adapter", "face_index", "no_freeu", "direction", "strengths",
+                "mix", "lora", "lora_strength", "controlnet", "control_strength")
 
 
-def prepare_prompt(prompt: dict, args, image_name: str) -> dict:
-    """Fill the photo, prompts and options into the API workflow (nodes found by class and links)."""
-    (_, load), = _find(prompt, "LoadImage")
-    load["inputs"]["image"] = image_name
-    (_, sampler), = _find(prompt, "KSampler")
-    prompt[sampler["inputs"]["positive"][0]]["inputs"]["text"] = args.prompt
-    prompt[sampler["inputs"]["negative"][0]]["inputs"]["text"] = args.negative
-    for key, value in (("seed", args.seed), ("steps", args.steps), ("cfg", args.cfg)):
-        if value is not None:
-            sampler["inputs"][key] = value
-    (_, latent), = _find(prompt, "EmptyLatentImage")
-    for key, value in (("width", args.width), ("height", args.height), ("batch_size", args.batch)):
-        if value is not None:
-            latent["inputs"][key] = value
-    (_, apply), = _find(prompt, "ApplyWPlusAdapter")
-    if args.weight is not None:
-        apply["inputs"]["weight"] = args.weight
-    if args.start_at is not None:
-        apply["inputs"]["start_at"] = args.start_at
-    if args.checkpoint:
-        (_, ckpt), = _find(prompt, "CheckpointLoaderSimple")
-        ckpt["inputs"]["ckpt_name"] = args.checkpoint
-    if args.face_index is not None:
-        (_, align), = _find(prompt, "WPlusFaceAlign")
-        if "face_select" in align["inputs"]:
-            align["inputs"]["face_select"] = "index"
-        align["inputs"]["face_index"] = args.face_index
-    if args.no_freeu:
-        for key, freeu in _find(prompt, "FreeU"):
-            src = freeu["inputs"]["model"]
-            for node in prompt.values():
-                for name, v in node["inputs"].items():
-                    if v == [key, 0]:
-                        node["inputs"][name] = src
-            del prompt[key]
-    # the latent file and previews are for the graph editor; headless runs only want the images
-    for key, _ in _find(prompt, "WPlusSave") + _find(prompt, "PreviewImage"):
-        del prompt[key]
+def prepare_prompt(prompt: dict, args, image_name: str | None = None) -> dict:
+    """Apply the options to an API workflow (nodes found by class and links: cli/prompts.py) and drop
+    the graph editor's previews; ``image_name`` (optional) goes into the photo's LoadImage."""
+    prompts.apply_options(prompt, {k: getattr(args, k, None) for k in OPTION_NAMES})
+    prompts.headless(prompt)
+    if image_name is not None:
+        prompts.fill_images(prompt, {prompts.PHOTO: image_name})
     return prompt
 
 
@@ -168,19 +181,110 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def expand_photos(values) -> list[Path]:
+    """--photo values (files, folders, globs) -> photo files, in order, each once."""
+    out = []
+    for value in values:
+        path = Path(value).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"--photo {value}: the folder has no jpg/png/webp/bmp/tif file")
+        elif path.is_file():
+            found = [path]
+        elif any(c in str(value) for c in "*?["):
+            found = sorted(Path(p) for p in globmod.glob(str(path), recursive=True)
+                           if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"--photo {value}: no image matches")
+        else:
+            raise ValueError(f"--photo {value}: no such file or folder")
+        for p in found:
+            if p.resolve() not in {q.resolve() for q in out}:
+                out.append(p)
+    return out
+
+
+def make_jobs(template: dict, photos: list[Path], args) -> list[batch.Job]:
+    """One job per photo (the same extra images for all); errors name the option to give."""
+    roles = set(prompts.image_roles(template).values())
+    extra = {prompts.PHOTO_B: args.photo_b, prompts.CONTROL: args.control_image}
+    for role, path in extra.items():
+        option = prompts.ROLE_OPTIONS[role]
+        if path is not None and role not in roles:
+            raise prompts.WorkflowError(f"{option}: this workflow has no such image input")
+        if role in roles and path is None:
+            what = "a second face to mix with" if role == prompts.PHOTO_B else "the ControlNet image (e.g. a pose)"
+            raise prompts.WorkflowError(f"this workflow needs {what}: give {option} FILE")
+        if path is not None and not Path(path).is_file():
+            raise prompts.WorkflowError(f"{option} {path}: no such file")
+    if prompts.PHOTO not in roles:
+        raise prompts.WorkflowError("this workflow has no photo input (a LoadImage feeding W+ Face Align)")
+    names = [p.name for p in photos]
+    jobs = []
+    for i, photo in enumerate(photos):
+        images = {prompts.PHOTO: photo}
+        images.update({r: Path(p) for r, p in extra.items() if p is not None})
+        name = photo.name if names.count(photo.name) == 1 else str(photo)
+        jobs.append(batch.Job(i, name, images, template))
+    return jobs
+
+
+def _remote_servers(args, template, client_id) -> tuple[list, int]:
+    """Remote clients for --server, checked first; (remotes, 0) or ([], exit code)."""
+    from .remote import Remote, Unreachable, problems_on_server
+    remotes, rc = [], 0
+    for url in args.server:
+        try:
+            remote = Remote(url, client_id)
+            remote.get_json("/system_stats", timeout=10)
+            problems = problems_on_server(remote, template)
+        except ValueError as e:
+            print(str(e), file=sys.stderr)
+            return [], 2
+        except (Unreachable, OSError) as e:
+            print(f"--server {url}: no answer ({e}); leaving it out", file=sys.stderr)
+            rc = rc or 4
+            continue
+        if problems:
+            print(f"--server {remote.url} cannot run this workflow; leaving it out:\n  " + "\n  ".join(problems),
+                  file=sys.stderr)
+            rc = 3 if rc in (0, 3) else rc
+            continue
+        remotes.append(remote)
+    return remotes, (0 if remotes else rc or 4)
+
+
 def main(args) -> int:
     t0 = time.monotonic()
+    try:
+        name, template = prompts.resolve(args.workflow)
+        template = prepare_prompt(template, args)
+        photos = expand_photos(args.photo or [])
+        if not photos:
+            raise ValueError("--photo: give a photo, a folder or a glob")
+        jobs = make_jobs(template, photos, args)
+    except (ValueError, prompts.WorkflowError) as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    client_id = uuid.uuid4().hex
+    ui = batch.Progress(quiet=args.quiet)
+    if args.server:
+        remotes, rc = _remote_servers(args, template, client_id)
+        if not remotes:
+            return rc
+        return _run_jobs(remotes, jobs, args, ui, t0, name)
+
     comfyui = find_comfyui(args.comfyui)
     if comfyui is None:
-        print("No ComfyUI found: pass --comfyui PATH or set COMFYUI_PATH (a ComfyUI checkout with main.py).",
-              file=sys.stderr)
-        return 2
-    if not args.photo.is_file():
-        print(f"--photo {args.photo}: no such file.", file=sys.stderr)
+        print("No ComfyUI found: pass --server URL for a running one, or --comfyui PATH / COMFYUI_PATH "
+              "(a ComfyUI checkout with main.py) for a throwaway local one.", file=sys.stderr)
         return 2
     models = args.models.resolve() if args.models else None
-    prompt = prepare_prompt(workflows.load_api(WORKFLOW), args, args.photo.name)
-    missing = missing_files(prompt, comfyui, models)
+    missing = missing_files(template, comfyui, models)
     if missing and args.download:
         try:
             missing = download(missing, comfyui, models)
@@ -190,42 +294,46 @@ def main(args) -> int:
         print(report_missing(missing, comfyui, models), file=sys.stderr)
         return 3
 
+    from .remote import Remote
     workdir = Path(tempfile.mkdtemp(prefix="wplus-run-"))
     server = ComfyServer(comfyui, workdir, models_dir=models, cpu=args.cpu)
-    server.input_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(args.photo, server.input_dir / args.photo.name)
     try:
-        print(f"starting ComfyUI ({comfyui}) on {server.url} ...", flush=True)
+        ui.note(f"starting ComfyUI ({comfyui}) on {server.url} ...")
         server.start()
         if server.import_failures():
             print("the pack failed to import:\n" + server.log_tail(), file=sys.stderr)
             return 4
-        print("running workflow 1 ...", flush=True)
-        entry = server.run(prompt, timeout=args.timeout)
-        args.out.mkdir(parents=True, exist_ok=True)
-        written = []
-        for _, ref in output_images(entry):
-            if ref.get("type") != "output":
-                continue
-            target = free_path(args.out / Path(ref["filename"]).name)
-            target.write_bytes(server.view(ref))
-            written.append(target)
-        for p in written:
-            print(p)
-        print(f"{len(written)} image(s) in {time.monotonic() - t0:.0f} s", flush=True)
-        return 0 if written else 5
-    except PromptRejected as e:
-        print(f"ComfyUI rejected the workflow:\n{e}", file=sys.stderr)
-        return 4
-    except ExecutionFailed as e:
-        print(f"the workflow failed: {e}", file=sys.stderr)
-        return 4
+        return _run_jobs([Remote(server.url, client_id)], jobs, args, ui, t0, name, local=server)
     except ServerError as e:
         print(str(e), file=sys.stderr)
         return 4
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         server.stop()
         if args.keep:
             print(f"ComfyUI folder and log kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_jobs(remotes, jobs, args, ui, t0, name, local=None) -> int:
+    where = "the local ComfyUI" if local else ", ".join(r.url for r in remotes)
+    ui.note(f"{name}: {len(jobs)} prompt(s) on {where}")
+    runner = batch.Runner(remotes, jobs, args.out, ui=ui, prompt_timeout=args.timeout,
+                          server_timeout=args.server_timeout)
+    runner.run()
+    line, failures = batch.summary(jobs, time.monotonic() - t0)
+    if not args.quiet:
+        print(line, flush=True)
+    if failures:
+        print("failed:\n" + failures, file=sys.stderr)
+        if local is not None and any("stopped answering" in (j.error or "") for j in jobs):
+            print("ComfyUI log:\n" + local.log_tail(), file=sys.stderr)
+    if runner.cancelled:
+        return 130
+    failed = [j for j in jobs if j.state == batch.FAILED]
+    if failed:
+        return 5 if all(j.no_image for j in failed) else 4
+    return 0
