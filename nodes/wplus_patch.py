@@ -176,6 +176,14 @@ def apply_wplus(model, adapter: WPlusAdapter, wplus: torch.Tensor, weight: float
     m = model.clone()
     if weight == 0.0:
         return m
-    patch = WPlusPatch(adapter, adapter.project(w), adapter.uncond_tokens(), weight, start_at, end_at, mask)
+    tokens = adapter.project(w)
+    finite = torch.isfinite(tokens.float()).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+        raise WPlusError(
+            f"ApplyWPlusAdapter: the wplus input projects to non-finite identity tokens (W+ {bad} of "
+            f"{w.shape[0]}, largest |value| {float(w.abs().max()):.3g}; e4e latents stay within about 10). "
+            "Lower the edit strength or interpolation weight that made it, or invert the photo again.")
+    patch = WPlusPatch(adapter, tokens, adapter.uncond_tokens(), weight, start_at, end_at, mask)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, patch)
     return m
