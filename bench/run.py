@@ -1,6 +1,6 @@
 """Benchmarks of the pack, measured as ratios within one run (no timing asserts anywhere).
 
-    python bench/run.py [--quick] [--json out.json] [--device cpu|cuda] [--sections unet,node,e4e,align]
+    python bench/run.py [--quick] [--json out.json] [--device cpu|cuda] [--sections unet,node,e4e,align,restore]
 
 Sections:
   unet   UNet step of a random-weight SD1.5 (ComfyUI's own model classes): unpatched vs
@@ -11,6 +11,7 @@ Sections:
   node   ApplyWPlusAdapter node execution time and memory it allocates.
   e4e    e4e inversion per image (batch 1 and 8) and StyleGAN synthesis at 256 px (preview) and 1024.
   align  FFHQ alignment per face at 512 and 1024 px.
+  restore  W+ Restore Face per face: PSFRGAN at 512 px, the ParseNet guide, and both from a 256 px crop.
 Rounds alternate between the variants; each number is the median of the rounds, with the spread
 (min..max). Prints a table and writes JSON with the device, dtype and torch version.
 """
@@ -255,6 +256,36 @@ def bench_align(args, results):
         print(f"align {size}px: {st['median_s']*1e3:.1f} ms/face")
 
 
+def bench_restore(args, device, dtype, results):
+    """PSFRGAN (random weights in the official layout) and the ParseNet one-hot, per face."""
+    try:
+        from facexlib.parsing.parsenet import ParseNet
+        from psfrgan_reference import official_state_dict
+        from wplus_core.parsing import FaceParser
+        from wplus_core.restoration import load_psfrgan, parse_onehot
+    except ImportError as e:
+        print(f"restore: skipped ({e})")
+        return
+    model = load_psfrgan(official_state_dict(seed=0, power_iterations=1), device=device, dtype=dtype)
+    torch.manual_seed(0)
+    parser = FaceParser("parsenet", ParseNet(in_size=512, out_size=512, parsing_ch=19).eval().to(device))
+    rounds = max(2, args.rounds // 2)
+    for b in ([1] if args.quick or device.type == "cpu" else [1, 4]):
+        x = torch.rand(b, 3, 512, 512, device=device) * 2 - 1
+        onehot = parse_onehot(parser, x)
+        crop = torch.nn.functional.interpolate(x, size=(256, 256), mode="bilinear", antialias=True)
+        st = alternate({"psfrgan": lambda: model.restore(x, onehot),
+                        "parsenet": lambda: parse_onehot(parser, x),
+                        "crop256": lambda: model.restore_aligned(crop, parser)}, rounds, device)
+        for k, v in st.items():
+            results.append({"section": "restore", "part": k, "batch": b, "dtype": str(dtype), **v,
+                            "per_face_s": v["median_s"] / b})
+        print(f"restore batch {b} {dtype}: PSFRGAN {st['psfrgan']['median_s']/b:.2f} s/face, ParseNet guide "
+              f"{st['parsenet']['median_s']/b:.2f} s/face, whole node step from a 256 px crop "
+              f"{st['crop256']['median_s']/b:.2f} s/face ({st['psfrgan']['min_s']/b:.2f}.."
+              f"{st['psfrgan']['max_s']/b:.2f} s for PSFRGAN)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes and few rounds")
@@ -262,7 +293,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", default=None, help="e.g. float16,bfloat16 (default: fp32 on CPU, fp16,bf16 on CUDA)")
     ap.add_argument("--batches", default=None, help="UNet batches, e.g. 1,2,8")
-    ap.add_argument("--sections", default="unet,branch,node,e4e,align")
+    ap.add_argument("--sections", default="unet,branch,node,e4e,align,restore")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args()
     if args.quick:
@@ -283,6 +314,8 @@ def main():
             bench_branch(args, device, dtype, results)
         if "e4e" in sections:
             bench_e4e(args, device, dtype, results)
+        if "restore" in sections:
+            bench_restore(args, device, dtype, results)
     if "node" in sections:
         bench_node(args, device, results)
     if "align" in sections:

@@ -23,3 +23,7 @@ _collect(wplus_nodes)
 from . import face_nodes  # noqa: E402
 
 _collect(face_nodes)
+
+from . import restore_nodes  # noqa: E402
+
+_collect(restore_nodes)

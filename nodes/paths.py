@@ -1,7 +1,8 @@
 """Model folders of the pack, registered with ComfyUI's folder_paths, and weight resolution.
 
-Folders: models/wplus (adapters), models/e4e, models/facexlib, models/wplus/directions. Entries
-that extra_model_paths.yaml already added are kept; ours are appended.
+Folders: models/wplus (adapters), models/e4e, models/psfrgan (face restoration), models/facexlib,
+models/wplus/directions. Entries that extra_model_paths.yaml already added are kept; ours are
+appended.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ DIRECTION_EXTS = {".pt", ".pth", ".npy", ".safetensors"}
 FOLDERS = {  # folder_paths name -> (sub-folder of models/, extensions, official files offered for download)
     "wplus": ("wplus", WEIGHT_EXTS, ("wplus_adapter.bin", "wplus_adapter_stage1.bin")),
     "e4e": ("e4e", WEIGHT_EXTS, ("e4e_ffhq_encode.pt",)),
+    "psfrgan": ("psfrgan", WEIGHT_EXTS, ("psfrgan_epoch15_net_G.pth",)),
     "facexlib": ("facexlib", {".pth"}, ()),
     "wplus_directions": (os.path.join("wplus", "directions"), DIRECTION_EXTS, ()),
     "wplus_latents": (os.path.join("wplus", "latents"), {".safetensors", ".pt", ".pth", ".npy"}, ()),

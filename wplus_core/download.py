@@ -56,6 +56,7 @@ KNOWN_FILES: dict[str, tuple[str, str | None, int | None]] = {
     "wplus_adapter.bin": (f"{_WPLUS}/wplus_adapter.bin", None, None),
     "wplus_adapter_stage1.bin": (f"{_WPLUS}/wplus_adapter_stage1.bin", None, None),
     "e4e_ffhq_encode.pt": (f"{_WPLUS}/e4e_ffhq_encode.pt", None, None),
+    "psfrgan_epoch15_net_G.pth": (f"{_WPLUS}/psfrgan_epoch15_net_G.pth", None, None),  # face restoration
 }
 
 

@@ -1,0 +1,107 @@
+"""W+ Restore Face (PSFRGAN): the reference's ``-s`` restoration of aligned faces before e4e.
+
+Thin adapter over wplus_core.restoration: IMAGE <-> tensors, the models/psfrgan folder (the
+official file is downloaded on first use), a ModelPatcher so ComfyUI moves the 46 M-parameter
+generator to the GPU for the run and can evict it under VRAM pressure, progress and interrupts.
+The guide is the ParseNet of W+ Face Align (models/facexlib/parsing_parsenet.pth).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+
+from ..wplus_core.errors import WPlusError
+from ..wplus_core.restoration import PSFRGAN_FILE, load_psfrgan
+from . import paths
+from .face_nodes import get_parser
+
+CATEGORY = "W+ Adapter"
+_loaded: dict = {}  # one generator kept between runs: key -> ModelPatcher
+
+
+class PSFRGANHolder(torch.nn.Module):
+    """What the ModelPatcher manages (it sets attributes such as .device on its module)."""
+
+    def __init__(self, psfrgan):
+        super().__init__()
+        self.psfrgan = psfrgan
+
+
+def _dtype(precision: str, device: torch.device) -> torch.dtype:
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if dtype is None:  # auto
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return dtype
+
+
+def get_restorer(psfrgan_name: str, precision: str = "auto"):
+    """The generator for this file and precision, loaded onto the torch device by ComfyUI."""
+    path = paths.resolve("psfrgan", psfrgan_name)
+    device = mm.get_torch_device()
+    dtype = _dtype(precision, device)
+    key = (path, os.path.getmtime(path), os.path.getsize(path), dtype, str(device))
+    if key not in _loaded:
+        _loaded.clear()  # a different file or precision replaces the one kept
+        model = load_psfrgan(path, device="cpu", dtype=dtype)
+        _loaded[key] = comfy.model_patcher.ModelPatcher(PSFRGANHolder(model), load_device=device,
+                                                        offload_device=mm.unet_offload_device())
+    patcher = _loaded[key]
+    mm.load_models_gpu([patcher])
+    return patcher.model.psfrgan
+
+
+class WPlusRestoreFace:
+    DESCRIPTION = ("Restores blurry, small or compressed faces with PSFRGAN, guided by the face parsing "
+                   "of the same crop: the reference's -s step, between W+ Face Align and W+ e4e Invert. "
+                   "Each face is restored at 512 px and returned at its own size.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "FFHQ-aligned faces (the 'aligned' output of W+ Face Align), "
+                                           "any square size."}),
+            "psfrgan_name": (paths.choices("psfrgan"), {
+                "tooltip": f"PSFRGAN generator in models/psfrgan; {PSFRGAN_FILE} is downloaded on first use "
+                           "(NTU S-Lab License 1.0, non-commercial)."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                   "tooltip": "1 = the restored face (the reference), 0 = the input unchanged; "
+                                              "in between blends the two."}),
+            "precision": (["auto", "fp32", "fp16", "bf16"], {
+                "tooltip": "auto: fp16 on a GPU, fp32 on the CPU."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("restored",)
+    OUTPUT_TOOLTIPS = ("The restored faces, same size and order as the input.",)
+    FUNCTION = "restore"
+    CATEGORY = CATEGORY
+
+    def restore(self, image, psfrgan_name=PSFRGAN_FILE, strength=1.0, precision="auto"):
+        if image.ndim != 4 or image.shape[1] != image.shape[2]:
+            raise WPlusError(f"W+ Restore Face: the image is {image.shape[2]}x{image.shape[1]}; PSFRGAN needs "
+                             "square FFHQ-aligned faces. Connect the 'aligned' output of W+ Face Align.")
+        if strength <= 0:
+            return (image,)
+        model = get_restorer(psfrgan_name, precision)
+        parser = get_parser("parsenet")  # PSFRGAN was trained on ParseNet's labels
+        total = image.shape[0]
+        bar = comfy.utils.ProgressBar(total)
+        out = []
+        for i in range(total):  # one face at a time: bounded memory, progress and interrupts per face
+            mm.throw_exception_if_processing_interrupted()
+            face = image[i:i + 1].float()
+            face = face[..., :3] if face.shape[-1] >= 3 else face[..., :1].expand(-1, -1, -1, 3)
+            x = face.movedim(-1, 1) * 2 - 1
+            y = model.restore_aligned(x.to(model.device), parser, strength=strength)
+            out.append(((y + 1) * 0.5).clamp_(0, 1).movedim(1, -1).to(mm.intermediate_device()))
+            bar.update(1)
+        return (torch.cat(out),)
+
+
+NODE_CLASS_MAPPINGS = {"WPlusRestoreFace": WPlusRestoreFace}
+NODE_DISPLAY_NAME_MAPPINGS = {"WPlusRestoreFace": "W+ Restore Face (PSFRGAN)"}
