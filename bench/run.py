@@ -12,6 +12,8 @@ Sections:
   e4e    e4e inversion per image (batch 1 and 8) and StyleGAN synthesis at 256 px (preview) and 1024.
   align  FFHQ alignment per face at 512 and 1024 px.
   restore  W+ Restore Face per face: PSFRGAN at 512 px, the ParseNet guide, and both from a 256 px crop.
+  servers  headless throughput, photos/min through 1 vs 2 local ComfyUI servers (bench/servers.py;
+         not run by default: needs a ComfyUI checkout and the e2e model cache).
 Rounds alternate between the variants; each number is the median of the rounds, with the spread
 (min..max). Prints a table and writes JSON with the device, dtype and torch version.
 """
@@ -320,6 +322,9 @@ def main():
         bench_node(args, device, results)
     if "align" in sections:
         bench_align(args, results)
+    if "servers" in sections:  # not in the default list: starts ComfyUI servers (bench/servers.py)
+        from servers import bench_servers
+        bench_servers(args.quick, results)
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "results": results}, indent=1))
     return 0

@@ -195,7 +195,7 @@ class Runner:
             self._submit(self.pending.popleft(), alive[k])
 
     def _submit(self, job: Job, s: ServerState) -> None:
-        pid = uuid.uuid4().hex
+        pid = str(uuid.uuid4())  # canonical form: ComfyUI 0.28 refuses others
         try:
             values = {}
             for role, path in job.images.items():
@@ -205,13 +205,21 @@ class Runner:
             prompt = prompts.fill_images(_copy(job.prompt), values)
             # an orphan until registered below: a lost answer or Ctrl-C in between still finds it
             s.orphans.add(pid)
-            s.remote.submit(prompt, pid)
+            given = s.remote.submit(prompt, pid)
+            if given != pid:  # a server too old to take our id answers with its own
+                s.orphans.discard(pid)
+                pid = given
+                s.orphans.add(pid)
         except PromptRejected as e:
             s.orphans.discard(pid)
             self._fail(job, f"ComfyUI on {s.label} rejected the workflow: {e}")
             return
         except Unreachable as e:
+            job.attempts += 1
             self._note_failure(s, e)
+            if job.attempts >= self.max_attempts:
+                self._fail(job, f"could not queue it after {job.attempts} tries: {e}")
+                return
             self.pending.appendleft(job)
             if s.alive:  # not dropped yet: try another server (or this one later) on the next round
                 self._handle_events(timeout=0.5)

@@ -208,7 +208,7 @@ def _set(prompt, keys, name, value, option, where, hint=""):
 def apply_options(prompt: dict, opts: dict) -> dict:
     """Apply the headless options (``None`` = keep the workflow's value). ``opts`` keys are the
     option names with underscores (prompt, negative, seed, steps, cfg, sampler, scheduler, width,
-    height, batch, weight, start_at, end_at, checkpoint, adapter, face_index, no_freeu, direction,
+    height, batch, weight, start_at, end_at, checkpoint, adapter, vae, face_index, no_freeu, direction,
     strengths, mix, lora, lora_strength, controlnet, control_strength)."""
     g = opts.get
     sam = samplers(prompt)
@@ -241,6 +241,8 @@ def apply_options(prompt: dict, opts: dict) -> dict:
          "Load Checkpoint")
     _set(prompt, of_class(prompt, "WPlusAdapterLoader"), "adapter_name", g("adapter"), "--adapter",
          "W+ Adapter Loader")
+    _set(prompt, of_class(prompt, "VAELoader"), "vae_name", g("vae"), "--vae", "Load VAE",
+         " (workflows 1 and 4 load the sd-vae-ft-mse VAE)")
     if g("face_index") is not None:
         aligns = of_class(prompt, "WPlusFaceAlign")
         _set(prompt, aligns, "face_index", g("face_index"), "--face-index", "W+ Face Align")

@@ -61,6 +61,7 @@ def add_arguments(ap) -> None:
     o.add_argument("--negative", default=None, help="negative prompt")
     o.add_argument("--checkpoint", default=None, help=f"SD1.5 checkpoint file name (workflows: {workflows.CHECKPOINT})")
     o.add_argument("--adapter", default=None, help="W+ adapter file, e.g. wplus_adapter_stage1.bin for stage-1 close-ups")
+    o.add_argument("--vae", default=None, help="VAE file name in models/vae (workflows 1 and 4 load one)")
     o.add_argument("--weight", type=float, default=None, help="identity strength")
     o.add_argument("--start-at", type=float, default=None, help="identity joins at this fraction of the steps")
     o.add_argument("--seed", type=int, default=None)
@@ -96,7 +97,7 @@ def add_arguments(ap) -> None:
 
 
 OPTION_NAMES = ("prompt", "negative", "seed", "steps", "cfg", "sampler", "scheduler", "width", "height", "batch",
-                "weight", "start_at", "checkpoint", "adapter", "face_index", "no_freeu", "direction", "strengths",
+                "weight", "start_at", "checkpoint", "adapter", "vae", "face_index", "no_freeu", "direction", "strengths",
                 "mix", "lora", "lora_strength", "controlnet", "control_strength")
 
 

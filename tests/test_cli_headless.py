@@ -237,3 +237,26 @@ def test_summary_names_each_failure():
         ["execution_start", {}],
         ["execution_error", {"node_id": "3", "node_type": "WPlusFaceAlign", "exception_message": "no face\n"}]]}}
     assert batch.describe_failure(entry) == "WPlusFaceAlign (node 3): no face"
+
+
+def test_progress_bars_overall_and_per_prompt():
+    import io
+    stream = io.StringIO()
+    ui = batch.Progress(stream=stream, bars=True)
+    job = batch.Job(0, "anna.jpg", {prompts.PHOTO: "anna.jpg"}, {})
+    server = batch.ServerState(0, remote.Remote("http://127.0.0.1:8188", "c"), None, 1.0)
+    ui.start(2)
+    ui.running(job, server)
+    job.progress = (7, 30, "13")
+    ui.progress(job, "KSampler")
+    text = stream.getvalue()
+    assert "anna.jpg @ 127.0.0.1:8188" in text and "7/30" in text and "KSampler" in text
+    ui.done_bar(job)
+    job.state = batch.DONE
+    ui.finished(job)
+    ui.close()
+    assert "photos" in stream.getvalue() and "1/2" in stream.getvalue()
+    quiet = batch.Progress(quiet=True, stream=io.StringIO())
+    quiet.start(1)
+    quiet.note("x")
+    assert not quiet.bars and quiet.stream.getvalue() == ""
