@@ -29,6 +29,9 @@ SEED_INPUT = {"KSampler": "seed", "KSamplerAdvanced": "noise_seed", "SamplerCust
               "RandomNoise": "noise_seed"}
 CONTROLNET_APPLY = ("ControlNetApplyAdvanced", "ControlNetApply", "ControlNetApplySD3")
 HEADLESS_DROP = ("PreviewImage", "WPlusSave")  # graph-editor conveniences: not wanted headless
+# --restore: W+ Restore Face (PSFRGAN) between W+ Face Align and W+ e4e Invert, as the reference's -s
+RESTORE_CLASS = "WPlusRestoreFace"
+RESTORE_INPUTS = {"psfrgan_name": "psfrgan_epoch15_net_G.pth", "strength": 1.0, "precision": "auto"}
 
 
 class WorkflowError(ValueError):
@@ -209,7 +212,7 @@ def apply_options(prompt: dict, opts: dict) -> dict:
     """Apply the headless options (``None`` = keep the workflow's value). ``opts`` keys are the
     option names with underscores (prompt, negative, seed, steps, cfg, sampler, scheduler, width,
     height, batch, weight, start_at, end_at, checkpoint, adapter, vae, face_index, no_freeu, direction,
-    strengths, mix, lora, lora_strength, controlnet, control_strength)."""
+    strengths, mix, lora, lora_strength, controlnet, control_strength, restore)."""
     g = opts.get
     sam = samplers(prompt)
     if g("prompt") is not None or g("negative") is not None:
@@ -270,6 +273,35 @@ def apply_options(prompt: dict, opts: dict) -> dict:
     if g("no_freeu"):
         for k in of_class(prompt, "FreeU", "FreeU_V2"):
             drop_node(prompt, k, through="model")
+    if g("restore") is not None:
+        add_restoration(prompt, g("restore"))
+    return prompt
+
+
+def add_restoration(prompt: dict, strength: float = 1.0) -> dict:
+    """--restore: restore the aligned faces with W+ Restore Face before e4e sees them (the UI
+    workflows hold it bypassed, which leaves it out of their API twins). A W+ Restore Face already
+    in the workflow only gets the strength."""
+    present = of_class(prompt, RESTORE_CLASS)
+    if present:
+        _set(prompt, present, "strength", strength, "--restore", "W+ Restore Face")
+        return prompt
+    cons = consumers(prompt)
+    done = 0
+    for align in of_class(prompt, "WPlusFaceAlign"):
+        readers = [(c, name) for c, name, slot in cons.get(align, [])
+                   if slot == 0 and prompt[c]["class_type"] == "WPlusE4EInvert"]
+        if not readers:
+            continue
+        key = str(1 + max([int(k) for k in prompt if str(k).isdigit()], default=0))
+        prompt[key] = {"class_type": RESTORE_CLASS,
+                       "inputs": dict(RESTORE_INPUTS, image=[align, 0], strength=strength),
+                       "_meta": {"title": "W+ Restore Face (PSFRGAN)"}}
+        for c, name in readers:
+            prompt[c]["inputs"][name] = [key, 0]
+        done += 1
+    if not done:
+        raise WorkflowError("--restore: this workflow has no W+ Face Align whose faces go to W+ e4e Invert")
     return prompt
 
 

@@ -74,6 +74,9 @@ def add_arguments(ap) -> None:
     o.add_argument("--batch", type=int, default=None, help="images per prompt")
     o.add_argument("--face-index", type=int, default=None, help="use the face at this index (0 = leftmost, -1 = rightmost) instead of the largest")
     o.add_argument("--no-freeu", action="store_true", help="bypass FreeU")
+    o.add_argument("--restore", type=float, nargs="?", const=1.0, default=None, metavar="STRENGTH",
+                   help="restore blurry or small faces with PSFRGAN before inversion (the reference's -s; "
+                        "strength 0..1, default 1); downloads psfrgan_epoch15_net_G.pth on first use")
     o.add_argument("--direction", default=None, help="W+ Edit direction, e.g. interfacegan/age (workflows 2, 4)")
     o.add_argument("--strengths", default=None, help="W+ Edit strengths, e.g. '-3, 0, 3': one image each (workflows 2, 4)")
     o.add_argument("--mix", type=float, default=None, help="interpolation weight: 0 = photo, 1 = photo B (workflow 3)")
@@ -98,7 +101,7 @@ def add_arguments(ap) -> None:
 
 OPTION_NAMES = ("prompt", "negative", "seed", "steps", "cfg", "sampler", "scheduler", "width", "height", "batch",
                 "weight", "start_at", "checkpoint", "adapter", "vae", "face_index", "no_freeu", "direction", "strengths",
-                "mix", "lora", "lora_strength", "controlnet", "control_strength")
+                "mix", "lora", "lora_strength", "controlnet", "control_strength", "restore")
 
 
 def prepare_prompt(prompt: dict, args, image_name: str | None = None) -> dict:
@@ -124,7 +127,10 @@ def required_files(prompt: dict) -> list[tuple[str, str]]:
                 need.append(("facexlib", det))
             if node["inputs"].get("remove_background"):
                 need.append(("facexlib", FACEXLIB_FOR_PARSER.get(node["inputs"].get("parser"), "parsing_parsenet.pth")))
-    return need
+        if node["class_type"] == prompts.RESTORE_CLASS:  # W+ Restore Face: its generator and ParseNet
+            need += [("psfrgan", node["inputs"].get("psfrgan_name", prompts.RESTORE_INPUTS["psfrgan_name"])),
+                     ("facexlib", "parsing_parsenet.pth")]
+    return list(dict.fromkeys(need))
 
 
 def model_roots(comfyui: Path, models: Path | None) -> list[Path]:
