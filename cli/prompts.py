@@ -193,6 +193,10 @@ def headless(prompt: dict) -> dict:
     """Drop previews and the W+ latent file (graph-editor conveniences), keep every saved image."""
     for key in of_class(prompt, *HEADLESS_DROP):
         del prompt[key]
+    cons = consumers(prompt)
+    for key in of_class(prompt, "WPlusE4EInvert"):  # its reconstruction preview now goes nowhere:
+        if not any(slot == 1 for _, _, slot in cons.get(key, [])) and "preview_size" in prompt[key]["inputs"]:
+            prompt[key]["inputs"]["preview_size"] = "128"  # the cheapest StyleGAN pass it offers
     return prompt
 
 

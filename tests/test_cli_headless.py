@@ -72,6 +72,11 @@ def test_every_example_workflow_takes_photo_prompt_seed(name):
         assert all(p[k]["inputs"]["text"] == "an astronaut" for k in pos)
         assert all(p[k]["inputs"]["text"] == "blurry" for k in neg)
     assert not _of(p, "PreviewImage") and not _of(p, "WPlusSave")
+    # an e4e preview that nothing shows any more is made at the smallest size
+    cons = prompts.consumers(p)
+    for k in prompts.of_class(p, "WPlusE4EInvert"):
+        used = any(slot == 1 for _, _, slot in cons.get(k, []))
+        assert p[k]["inputs"]["preview_size"] == (template[k]["inputs"]["preview_size"] if used else "128")
     labels = prompts.output_labels(p)
     assert list(labels.values()).count("") == 1  # one main image per photo
     _links_ok(p)
