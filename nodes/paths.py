@@ -19,6 +19,7 @@ FOLDERS = {  # folder_paths name -> (sub-folder of models/, extensions, official
     "e4e": ("e4e", WEIGHT_EXTS, ("e4e_ffhq_encode.pt",)),
     "psfrgan": ("psfrgan", WEIGHT_EXTS, ("psfrgan_epoch15_net_G.pth",)),
     "facexlib": ("facexlib", {".pth"}, ()),
+    "dlib": ("dlib", {".dat"}, ()),  # the 68-point predictor, CNN detector, face recogniser
     "wplus_directions": (os.path.join("wplus", "directions"), DIRECTION_EXTS, ()),
     "wplus_latents": (os.path.join("wplus", "latents"), {".safetensors", ".pt", ".pth", ".npy"}, ()),
 }

