@@ -9,6 +9,7 @@ committed workflows run unmodified against a temporary models folder:
     wplus/wplus_adapter.bin, wplus_adapter_stage1.bin   official W+ adapter layout (torch.save)
     e4e/e4e_ffhq_encode.pt                              official e4e layout (torch.save, ~1.2 GB)
     facexlib/parsing_parsenet.pth                       facexlib ParseNet (background whitening)
+    psfrgan/psfrgan_epoch15_net_G.pth                   official PSFRGAN layout (spectral norm; W+ Restore Face)
 
 Architectures and key names come from ComfyUI's own classes (built on the meta device, so nothing
 is allocated twice), values are seeded random numbers scaled by fan-in so that sampling stays finite.
@@ -40,7 +41,8 @@ ADAPTER = ("wplus", "wplus_adapter.bin")
 ADAPTER_STAGE1 = ("wplus", "wplus_adapter_stage1.bin")
 E4E = ("e4e", "e4e_ffhq_encode.pt")
 PARSENET = ("facexlib", "parsing_parsenet.pth")
-ALL_FILES = (CHECKPOINT, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E, PARSENET)
+PSFRGAN = ("psfrgan", "psfrgan_epoch15_net_G.pth")
+ALL_FILES = (CHECKPOINT, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E, PARSENET, PSFRGAN)
 
 from tests.host.sd15 import SD15_UNET  # noqa: E402  (one copy of the SD1.5 layout)
 # diffusers names and widths of the 16 SD1.5 transformer blocks (HOST.md table), for LoRA keys
@@ -156,6 +158,12 @@ def parsenet_state_dict(seed: int = 40) -> dict:
     return ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict()
 
 
+def psfrgan_state_dict(seed: int = 50) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from tests.psfrgan_reference import official_state_dict
+    return official_state_dict(seed=seed, power_iterations=1)
+
+
 def _write(path: Path, build, save) -> None:
     tmp = path.with_name(path.name + ".partial")
     t0 = time.time()
@@ -180,6 +188,7 @@ def build_all(cache: Path | None = None) -> Path:
         ADAPTER_STAGE1: (lambda: adapter_state_dict(seed=2), pt),
         E4E: (e4e_checkpoint, pt),
         PARSENET: (parsenet_state_dict, pt),
+        PSFRGAN: (psfrgan_state_dict, pt),
     }
     with open(models.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second test run waits instead of building twice
