@@ -32,10 +32,20 @@ def _workflows(args) -> int:
 
 
 def _thumbnails(args) -> int:
+    import shutil
     from . import browser, workflows
+    photos = args.photos or Path(__file__).resolve().parents[2] / "shared" / "reference" / "photos"
 
     def job(server):
-        for path in browser.make_thumbnails(server, [s.name for s in workflows.SPECS], workflows.WORKFLOWS_DIR):
+        # the workflows' example photos (wild_1.jpg, aligned_1.png, pose_1.png), so Load Image shows them
+        found = [p for p in (photos.glob("*") if photos.is_dir() else ()) if p.suffix.lower() in (".jpg", ".png")]
+        for p in found:
+            shutil.copy2(p, server.input_dir / p.name)
+        if not found:
+            print(f"no photos in {photos} (--photos DIR): Load Image nodes stay empty", file=sys.stderr)
+        docs = Path(__file__).resolve().parents[1] / "web" / "docs" / "images"
+        for path in browser.make_thumbnails(server, [s.name for s in workflows.SPECS], workflows.WORKFLOWS_DIR,
+                                            docs_dir=docs, with_photos=bool(found)):
             print("wrote", path)
         return 0
 
@@ -52,8 +62,11 @@ def main(argv=None) -> int:
     p_wf = sub.add_parser("workflows", help="check (or --write) example_workflows/ against cli/workflows.py")
     p_wf.add_argument("--comfyui", type=Path, default=None)
     p_wf.add_argument("--write", action="store_true")
-    p_th = sub.add_parser("thumbnails", help="write example_workflows/<name>.jpg (needs playwright + /usr/bin/chromium)")
+    p_th = sub.add_parser("thumbnails", help="write example_workflows/<name>.jpg and web/docs/images/workflow_*.jpg "
+                                             "(needs playwright + /usr/bin/chromium)")
     p_th.add_argument("--comfyui", type=Path, default=None)
+    p_th.add_argument("--photos", type=Path, default=None,
+                      help="folder with the workflows' photos (default: ../shared/reference/photos)")
     args = ap.parse_args(argv)
     if args.command == "run":
         return run.main(args)

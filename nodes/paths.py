@@ -42,9 +42,43 @@ def register_folders() -> None:
         folder_paths.folder_names_and_paths["wplus_latents"][0].append(saved)
 
 
-def choices(name: str) -> list[str]:
-    """Files present in the folder, plus the official ones (downloaded when picked)."""
+def _within(path: str, folder: str) -> bool:
+    path, folder = os.path.normcase(os.path.abspath(path)), os.path.normcase(os.path.abspath(folder))
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _nested_foreign_folders(name: str) -> list[str]:
+    """Folders of the pack's other kinds that lie inside one of ``name``'s folders: models/wplus
+    holds models/wplus/directions and models/wplus/latents, whose files are not adapters."""
+    own = folder_paths.get_folder_paths(name)
+    out = []
+    for other in FOLDERS:
+        if other == name:
+            continue
+        for path in folder_paths.get_folder_paths(other):
+            if not any(_within(o, path) for o in own) and any(_within(path, o) for o in own):
+                out.append(path)
+    return out
+
+
+def own_files(name: str) -> list[str]:
+    """Files of kind ``name`` only: ComfyUI lists a folder recursively, so the files of the other
+    kinds kept in its sub-folders (directions, latents under models/wplus) are left out."""
     present = folder_paths.get_filename_list(name)
+    foreign = _nested_foreign_folders(name)
+    if not foreign:
+        return list(present)
+    keep = []
+    for f in present:
+        full = folder_paths.get_full_path(name, f)
+        if full is None or not any(_within(full, folder) for folder in foreign):
+            keep.append(f)
+    return keep
+
+
+def choices(name: str) -> list[str]:
+    """Files of this kind present in its folders, plus the official ones (downloaded when picked)."""
+    present = own_files(name)
     official = [f for f in FOLDERS[name][2] if f not in present]
     return sorted(present) + official
 

@@ -64,6 +64,9 @@ class WPlusEdit:
                                   "tooltip": "Layer after the last one to move; -1 = the direction's default."}),
             "mode": (["relative", "absolute"], {"tooltip": "relative: w + s*d. absolute (GANSpace only, the "
                                                            "reference's formula): set the component to s."}),
+        }, "optional": {
+            "custom_direction": ("WPLUS_DIRECTION", {"tooltip": "A direction from W+ Direction from Examples; "
+                                                                "when connected it is used instead of 'direction'."}),
         }}
 
     RETURN_TYPES = ("WPLUS",)
@@ -72,8 +75,9 @@ class WPlusEdit:
     FUNCTION = "edit"
     CATEGORY = CATEGORY
 
-    def edit(self, wplus, direction, strengths, layer_start, layer_end, mode):
-        d = library().load(direction)
+    def edit(self, wplus, direction, strengths, layer_start, layer_end, mode, custom_direction=None):
+        d = library().load(direction) if custom_direction is None else custom_direction
+        direction = d.name if custom_direction is not None else direction
         layers = None
         if layer_start >= 0 or layer_end >= 0:
             start = d.layers[0] if layer_start < 0 else layer_start
@@ -152,7 +156,7 @@ class WPlusLoad:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"latent_file": (sorted(folder_paths.get_filename_list("wplus_latents")),
+        return {"required": {"latent_file": (sorted(paths.own_files("wplus_latents")),
                                              {"tooltip": "Files in models/wplus/latents and output/wplus."})}}
 
     RETURN_TYPES = ("WPLUS",)

@@ -4,6 +4,7 @@ Every file a workflow names is written here, with the file name the workflow use
 committed workflows run unmodified against a temporary models folder:
 
     checkpoints/v1-5-pruned-emaonly-fp16.safetensors   SD1.5 single-file checkpoint (UNet, CLIP-L, VAE)
+    vae/vae-ft-mse-840000-ema-pruned.safetensors        SD VAE alone (the original LDM key layout of sd-vae-ft-mse)
     controlnet/control_v11p_sd15_openpose_fp16.safetensors  SD1.5 ControlNet (.pth key layout)
     loras/sd15_lora.safetensors                         kohya-style LoRA on UNet attention + text encoder
     wplus/wplus_adapter.bin, wplus_adapter_stage1.bin   official W+ adapter layout (torch.save)
@@ -35,6 +36,7 @@ FORMAT_VERSION = "v1"
 ROOT = Path(__file__).resolve().parents[2]
 
 CHECKPOINT = ("checkpoints", "v1-5-pruned-emaonly-fp16.safetensors")
+VAE = ("vae", "vae-ft-mse-840000-ema-pruned.safetensors")
 CONTROLNET = ("controlnet", "control_v11p_sd15_openpose_fp16.safetensors")
 LORA = ("loras", "sd15_lora.safetensors")
 ADAPTER = ("wplus", "wplus_adapter.bin")
@@ -42,7 +44,7 @@ ADAPTER_STAGE1 = ("wplus", "wplus_adapter_stage1.bin")
 E4E = ("e4e", "e4e_ffhq_encode.pt")
 PARSENET = ("facexlib", "parsing_parsenet.pth")
 PSFRGAN = ("psfrgan", "psfrgan_epoch15_net_G.pth")
-ALL_FILES = (CHECKPOINT, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E, PARSENET, PSFRGAN)
+ALL_FILES = (CHECKPOINT, VAE, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E, PARSENET, PSFRGAN)
 
 from tests.host.sd15 import SD15_UNET  # noqa: E402  (one copy of the SD1.5 layout)
 # diffusers names and widths of the 16 SD1.5 transformer blocks (HOST.md table), for LoRA keys
@@ -89,20 +91,27 @@ def sd15_checkpoint_state_dict(seed: int = 0) -> dict:
     produced by ComfyUI's own SD15 model config (the keys its checkpoint saver writes)."""
     import comfy.model_detection
     import comfy.sd1_clip
-    from comfy.ldm.models.autoencoder import AutoencoderKL
 
     config = comfy.model_detection.model_config_from_unet_config(dict(SD15_UNET))
     assert type(config).__name__ == "SD15", type(config)
     with torch.device("meta"):
         unet = config.get_model({}, "").diffusion_model
         clip = comfy.sd1_clip.SD1ClipModel(device="meta")
-        ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                    "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
     sd = config.process_unet_state_dict_for_saving(randomize(_meta_shapes(unet), seed))
     sd.update(config.process_clip_state_dict_for_saving(randomize(_meta_shapes(clip), seed + 1)))
-    sd.update(config.process_vae_state_dict_for_saving(randomize(_meta_shapes(vae), seed + 2)))
+    sd.update(config.process_vae_state_dict_for_saving(vae_state_dict(seed + 2)))
     return sd
+
+
+def vae_state_dict(seed: int = 5) -> dict:
+    """The SD1.5 VAE (AutoencoderKL, 4 latent channels) with the original LDM keys (encoder.*,
+    decoder.*, quant_conv.*, post_quant_conv.*), as in sd-vae-ft-mse's single-file release."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    return randomize(_meta_shapes(vae), seed)
 
 
 def controlnet_state_dict(seed: int = 10) -> dict:
@@ -182,6 +191,7 @@ def build_all(cache: Path | None = None) -> Path:
     pt = lambda sd, p: torch.save(sd, p)  # noqa: E731
     builders = {
         CHECKPOINT: (sd15_checkpoint_state_dict, st),
+        VAE: (vae_state_dict, st),
         CONTROLNET: (controlnet_state_dict, st),
         LORA: (lora_state_dict, st),
         ADAPTER: (lambda: adapter_state_dict(seed=1), pt),

@@ -1,7 +1,8 @@
-"""The graph editor: each example workflow loads in ComfyUI's real web page (frontend 1.27) in
-headless Debian chromium driven by Playwright, with no missing node or model, our nodes rendered
-with their widgets, and the prompt the page builds from the UI file equal to the committed API twin.
-A screenshot per workflow goes to tests/e2e/artifacts/. The page reaches loopback only.
+"""The graph editor: each example workflow loads in ComfyUI's real web page (the host's frontend:
+1.27 with ComfyUI 0.3.64, 1.45 with 0.28) in headless Debian chromium driven by Playwright, with no
+missing node or model, our nodes rendered with their widgets, the prompt the page builds from the
+UI file equal to the committed API twin, and no node covering another once the photos show.
+Screenshots per workflow go to tests/e2e/artifacts/. The page reaches loopback only.
 
 Needs the playwright Python package and /usr/bin/chromium (.ci/install_browser.sh); skips otherwise.
 """
@@ -16,6 +17,7 @@ from PIL import Image
 from cli import browser, workflows
 
 NAMES = [s.name for s in workflows.SPECS]
+FRONTEND_NOTES = {"MarkdownNote", "Note"}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,62 @@ def test_workflow_loads_in_the_graph_editor(page, name, object_info, artifacts):
     got = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in result["output"].items()}
     want = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
     assert got == want, json.dumps({"page": got, "file": want}, indent=1)[:4000]
+    assert not page.page_errors, page.page_errors
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_node_covers_another(page, name, artifacts):
+    """Once the page has loaded the workflow and its Load Image nodes show their photos (they grow
+    to fit them), no node box (title bar included) overlaps another and no group overlaps another.
+    The graph fits the first view, or it is in titled groups: every node but the note inside one."""
+    ui = workflows.load_ui(name)
+    result = browser.load_workflow(page, ui, name)
+    assert result["images_loaded"], "the Load Image nodes did not show their photos within 30 s"
+    layout = browser.node_boxes(page)
+    page.screenshot(path=str(artifacts / f"{name}.layout.png"))
+    photos = [n for n in layout["nodes"] if n["type"] == "LoadImage"]
+    assert photos and all(n["images"] for n in photos), photos
+
+    # the page drew the sizes the file asked for (a node that grew would be reported as an overlap
+    # only where it meets another: this names it directly)
+    want = {n["id"]: n for n in ui["nodes"]}
+    grown = [(n["id"], n["title"], n["box"][2:], want[n["id"]]["size"]) for n in layout["nodes"]
+             if n["box"][2] > want[n["id"]]["size"][0] + 0.5
+             or n["box"][3] - layout["title_height"] > want[n["id"]]["size"][1] + 0.5]
+    covered = browser.overlaps(layout)
+    assert not covered, f"{len(covered)} overlap(s) (nodes the page resized: {grown}):\n" + "\n".join(covered)
+
+    everything_in_view = all(browser.on_screen(layout, n["box"]) for n in layout["nodes"])
+    if not everything_in_view:
+        assert layout["groups"], "the graph neither fits the first view nor has groups"
+        assert all(g["title"].strip() for g in layout["groups"]), layout["groups"]
+        for n in layout["nodes"]:
+            if n["type"] in FRONTEND_NOTES:
+                continue
+            inside = [g["title"] for g in layout["groups"] if browser.contains(g["box"], n["box"])]
+            assert len(inside) == 1, f"node {n['id']} '{n['title']}' is in groups {inside}"
+        # the first view shows the note and where the graph starts
+        note = [n for n in layout["nodes"] if n["type"] in FRONTEND_NOTES]
+        assert note and browser.on_screen(layout, note[0]["box"]), "the note is not in the first view"
+        assert layout["scale"] >= workflows.READABLE - 1e-6, f"first view at scale {layout['scale']}"
+
+
+def test_node_docs_panel_shows_the_pack_page(page, object_info, artifacts):
+    """The frontend's node docs panel (node selected, info button) shows web/docs/ApplyWPlusAdapter.md
+    rendered, not the generic description: its heading, the paper-settings table and its picture,
+    served from the pack's WEB_DIRECTORY."""
+    name = "wplus_1_photo_to_image"
+    browser.load_workflow(page, workflows.load_ui(name), name)
+    page.keyboard.press("Escape")
+    panel = browser.open_node_docs(page, "ApplyWPlusAdapter", "Settings from the paper")
+    page.screenshot(path=str(artifacts / "docs_panel_ApplyWPlusAdapter.png"))
+    page.keyboard.press("Escape")
+    assert panel["text"].lstrip().startswith("W+ Apply Adapter"), panel["text"][:200]
+    for words in ("decoupled residual cross-attention", "start_at", "euler", "ddim_uniform", "sd-vae-ft-mse"):
+        assert words in panel["text"], words
+    module = object_info["ApplyWPlusAdapter"]["python_module"].split(".", 1)[1]
+    assert panel["images"] and all(i["width"] > 0 for i in panel["images"]), panel["images"]
+    assert panel["images"][0]["src"] == f"/extensions/{module}/docs/images/workflow_1.jpg", panel["images"]
     assert not page.page_errors, page.page_errors
 
 

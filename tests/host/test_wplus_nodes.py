@@ -87,3 +87,25 @@ def test_missing_official_file_offline_names_file_folder_url(nodes, pack, wplus_
     assert "wplus_adapter.bin" in msg and str(wplus_folder) in msg
     assert "https://github.com/csxmli2016/w-plus-adapter/releases/download/v1/wplus_adapter.bin" in msg
     assert not list(wplus_folder.iterdir())  # nothing partial left behind
+
+
+def test_each_loader_lists_only_its_own_kind(nodes, tmp_path, monkeypatch):
+    """models/wplus holds directions/ and latents/ (sub-folders of other kinds): ComfyUI lists a
+    folder recursively, but the W+ Adapter Loader offers adapters only, Load W+ latents only."""
+    import folder_paths
+    wplus, directions, latents = tmp_path / "wplus", tmp_path / "wplus" / "directions", tmp_path / "wplus" / "latents"
+    for folder, name in ((wplus, "my_adapter.bin"), (wplus / "sub", "other_adapter.safetensors"),
+                         (directions, "my_direction.pt"), (latents, "face_00001.safetensors")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x")
+    exts = {".bin", ".pt", ".pth", ".safetensors", ".npy"}
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "wplus", ([str(wplus)], set(exts)))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "wplus_directions", ([str(directions)], set(exts)))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "wplus_latents", ([str(latents)], set(exts)))
+    # what ComfyUI itself would list: everything under models/wplus
+    assert any(f.startswith("directions") for f in folder_paths.get_filename_list("wplus"))
+    adapters = nodes["WPlusAdapterLoader"].INPUT_TYPES()["required"]["adapter_name"][0]
+    assert set(adapters) == {"my_adapter.bin", os.path.join("sub", "other_adapter.safetensors"),
+                             "wplus_adapter.bin", "wplus_adapter_stage1.bin"}
+    latent_files = nodes["WPlusLoad"].INPUT_TYPES()["required"]["latent_file"][0]
+    assert latent_files == ["face_00001.safetensors"]
