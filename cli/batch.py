@@ -15,7 +15,8 @@
   GET /history/<id> for our prompts there, so a lost websocket only costs the progress bars.
 - A server that refuses connections 3 times in a row or has not answered for ``server_timeout``
   seconds is dropped: its unfinished jobs go back to the front of the queue for the others (up to
-  ``max_attempts`` tries per job).
+  ``max_attempts`` tries per job). A failed upload or POST /prompt only pauses new submissions to
+  that server until it answers a poll again; the job waits for the next server that has room.
 - Ctrl-C (KeyboardInterrupt): our waiting prompts are deleted from each queue (POST /queue
   delete with our ids only) and our running prompt is interrupted only while it is ours
   (Remote.interrupt); then we wait until none of ours is left running or waiting.
@@ -48,7 +49,8 @@ class Job:
     state: str = PENDING
     server: "ServerState | None" = None
     prompt_id: str | None = None
-    attempts: int = 0
+    attempts: int = 0         # runs lost with a server
+    submit_failures: int = 0
     error: str | None = None
     no_image: bool = False
     outputs: list = field(default_factory=list)
@@ -67,6 +69,7 @@ class ServerState:
         self.index, self.remote, self.events = index, remote, events
         self.poll_interval = poll_interval
         self.alive = True
+        self.suspect = False           # a submission failed: wait for the next good poll
         self.reported = 0              # queue_remaining as last reported (everyone's prompts)
         self.jobs: dict[str, Job] = {}  # prompt id -> our job there
         self.uploads: dict[Path, str] = {}
@@ -189,10 +192,11 @@ class Runner:
                                "; ".join(f"{s.label}: {s.error}" for s in self.servers))
                 self.pending.clear()
                 return
-            k = choose_server([(s.reported, len(s.jobs)) for s in alive], self.depth)
+            ready = [s for s in alive if not s.suspect]
+            k = choose_server([(s.reported, len(s.jobs)) for s in ready], self.depth)
             if k is None:
                 return
-            self._submit(self.pending.popleft(), alive[k])
+            self._submit(self.pending.popleft(), ready[k])
 
     def _submit(self, job: Job, s: ServerState) -> None:
         pid = str(uuid.uuid4())  # canonical form: ComfyUI 0.28 refuses others
@@ -215,14 +219,14 @@ class Runner:
             self._fail(job, f"ComfyUI on {s.label} rejected the workflow: {e}")
             return
         except Unreachable as e:
-            job.attempts += 1
+            # no new prompts for this server until it answers a poll again (or is dropped)
+            s.suspect = True
+            job.submit_failures += 1
             self._note_failure(s, e)
-            if job.attempts >= self.max_attempts:
-                self._fail(job, f"could not queue it after {job.attempts} tries: {e}")
+            if job.submit_failures >= 5:
+                self._fail(job, f"could not queue it after {job.submit_failures} tries: {e}")
                 return
             self.pending.appendleft(job)
-            if s.alive:  # not dropped yet: try another server (or this one later) on the next round
-                self._handle_events(timeout=0.5)
             return
         except OSError as e:  # an unreadable photo
             self._fail(job, f"cannot read {e.filename or ''}: {e.strerror or e}")
@@ -252,7 +256,7 @@ class Runner:
         if not s.alive:
             return
         if kind == "poll":
-            s.reported, s.last_ok, s.refused = ev[2], time.monotonic(), 0
+            s.reported, s.last_ok, s.refused, s.suspect = ev[2], time.monotonic(), 0, False
         elif kind == "poll_failed":
             self._note_failure(s, ev[2])
         elif kind == "history":
