@@ -62,6 +62,12 @@ def bench_servers(quick: bool, results: list, counts=(1, 2)) -> None:
     size, steps, n = (64, 2, 4) if quick else (256, 4, 6)
     with tempfile.TemporaryDirectory(prefix="wplus-bench-servers-") as tmp:
         tmp = Path(tmp)
+        from tests.e2e.test_remote import write_vae_files
+        cached, models = models, tmp / "models"  # links to the cache, plus the workflows' VAE file
+        for folder, name in modelfiles.ALL_FILES:
+            (models / folder).mkdir(parents=True, exist_ok=True)
+            (models / folder / name).symlink_to(cached / folder / name)
+        write_vae_files(models)
         servers = []
         try:
             for k in range(max(counts)):

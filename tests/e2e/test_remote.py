@@ -81,6 +81,10 @@ def _check_images(files, size=64):
 
 @pytest.fixture(scope="module", autouse=True)
 def vae_files(models_dir):
+    write_vae_files(models_dir)
+
+
+def write_vae_files(models_dir):
     """Workflows 1 and 4 load a separate VAE file: until the e2e model set has one, write it from the
     random checkpoint's own VAE (the same network and key layout as a standalone SD VAE file)."""
     from safetensors import safe_open
