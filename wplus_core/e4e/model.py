@@ -104,7 +104,8 @@ class E4E(nn.Module):
             size = self.generator.check_size(size)
         except ValueError as e:
             raise WPlusError(f"synthesize: {e}.") from None
-        image = self.generator(w.to(self.device, self.dtype), size=size)
+        # W+ stays float32: the modulation runs in float32 whatever the generator's dtype
+        image = self.generator(w.to(self.device, torch.float32), size=size)
         return image.float().clamp_(-1.0, 1.0)
 
 

@@ -299,11 +299,15 @@ class Generator(nn.Module):
         """W+ (B, n_latent, 512) or W (B, 512) -> raw RGB (B, 3, size, size), roughly [-1, 1].
 
         With ``input_is_latent=False``, ``w`` is Z (B, 512) and goes through the mapping MLP first.
-        Computes in ``w``'s dtype (the per-call weights are cast to it).
+        Activations are computed in the generator's own dtype (its weights' dtype, e.g. float16 on a
+        GPU); the styles stay in ``w``'s dtype (give float32) because the modulation runs in
+        float32: rounding W+ to half precision first would blur small edits (bfloat16 keeps 3
+        significant digits, so a W+ edit of 0.005 on a value of 2 would vanish).
         """
         size = self.check_size(size)
+        dtype = self.input.input.dtype
         if not input_is_latent:
-            w = self.style(w)
+            w = self.style(w.to(dtype))
         if w.ndim == 2:
             w = w.unsqueeze(1).expand(-1, self.n_latent, -1)
         if w.shape[1] != self.n_latent:
@@ -311,7 +315,7 @@ class Generator(nn.Module):
         noise = [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
 
         # channels_last: oneDNN (CPU) and cuDNN run these convs markedly faster in NHWC
-        out = self.input(w.shape[0]).to(w.dtype).contiguous(memory_format=torch.channels_last)
+        out = self.input(w.shape[0]).contiguous(memory_format=torch.channels_last)
         out = self.conv1(out, w[:, 0], noise[0])
         skip = self.to_rgb1(out, w[:, 1])
         res, i = 4, 1
