@@ -4,6 +4,7 @@ a server killed mid-run, a photo without a face, a second run into the same fold
 Tiny sizes and 2 steps keep each prompt at seconds on a CPU."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -91,8 +92,8 @@ def write_vae_files(models_dir):
     from safetensors.torch import save_file
     from cli import workflows
     from tests.e2e import modelfiles
-    names = {n["inputs"]["vae_name"] for s in workflows.SPECS for n in workflows.load_api(s.name).values()
-             if n["class_type"] == "VAELoader"}
+    names = {n["inputs"]["vae_name"] for f in sorted(workflows.API_DIR.glob("*.json"))
+             for n in json.loads(f.read_text()).values() if n["class_type"] == "VAELoader"}
     ckpt = models_dir / modelfiles.CHECKPOINT[0] / modelfiles.CHECKPOINT[1]
     for name in names:
         target = models_dir / "vae" / name
