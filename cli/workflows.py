@@ -280,7 +280,56 @@ def _controlnet_lora() -> Spec:
         "skeleton image. Replace `sd15_lora.safetensors` with any SD1.5 LoRA of yours."), nodes)
 
 
-SPECS = [_photo_to_image(), _smile_sweep(), _interpolation(), _stage1_closeup(), _controlnet_lora()]
+SWEEP_WEIGHTS = (0.5, 0.75, 1.0)
+
+
+def _weight_sweep_identity() -> Spec:
+    """One prompt and seed at several adapter weights, sorted by W+ Identity Score."""
+    score = "Identity score"
+    nodes = [N(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, group=MODEL)]
+    chain, c = _adapter_chain(2, weight=SWEEP_WEIGHTS[0])
+    nodes += chain
+    prompt = "a photo of a person as an astronaut, portrait, natural light"
+    nodes += [
+        N(10, "CLIPTextEncode", {"text": prompt, "clip": L(1, 1)}, "Positive prompt", IMAGE),
+        N(11, "CLIPTextEncode", {"text": NEGATIVE, "clip": L(1, 1)}, "Negative prompt", IMAGE),
+        N(12, "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": 1}, group=IMAGE),
+    ]
+    decoded = []
+    for k, weight in enumerate(SWEEP_WEIGHTS):
+        apply_id = c["apply"] if k == 0 else 40 + k
+        if k:
+            nodes.append(N(apply_id, "ApplyWPlusAdapter", {"model": L(1), "wplus_adapter": L(c["adapter"]),
+                                                           "wplus": L(c["invert"]), "weight": weight,
+                                                           "start_at": 0.2, "end_at": 1.0},
+                           f"W+ Apply Adapter (weight {weight:g})", MODEL))
+        nodes += [
+            N(50 + k, "KSampler", {"model": L(apply_id), "seed": 42, **FAVOURITE, "positive": L(10),
+                                   "negative": L(11), "latent_image": L(12), "denoise": 1.0},
+              f"KSampler (weight {weight:g})", IMAGE),
+            N(60 + k, "VAEDecode", {"samples": L(50 + k), "vae": L(1, 2)}, group=IMAGE),
+        ]
+        decoded.append(L(60 + k))
+    nodes += [
+        N(70, "WPlusIdentityScore", {"reference": L(c["align"], 0), "images": decoded[0],
+                                     **{f"images_{k + 1}": d for k, d in enumerate(decoded) if k}}, group=score),
+        N(71, "SaveImage", {"images": L(70, 2), "filename_prefix": "wplus/weight_sweep_best_first"},
+          "Best first", score),
+        N(72, "PreviewAny", {"source": L(70, 1)}, "Identity report", score),
+    ]
+    return Spec("wplus_6_weight_sweep_identity_score", (
+        "## W+ Adapter: which weight keeps the person?\n"
+        f"The same prompt and seed at adapter weights {', '.join(f'{w:g}' for w in SWEEP_WEIGHTS)} "
+        "(one W+ Apply Adapter and KSampler each). **W+ Identity Score** compares every result with the "
+        "aligned photo using dlib's face recogniser: distance below 0.6 = the same person for dlib. "
+        "**Best first** shows the images sorted by that distance; the **Identity report** lists each "
+        "image (0 = the first weight) with its distance, or 'no face found'.\n\n"
+        "Change the weights, or sweep start_at the same way. Needs dlib (README) and "
+        "`dlib_face_recognition_resnet_model_v1.dat` in models/dlib (downloaded on first use)."), nodes)
+
+
+SPECS = [_photo_to_image(), _smile_sweep(), _interpolation(), _stage1_closeup(), _controlnet_lora(),
+         _weight_sweep_identity()]
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
 

@@ -48,6 +48,10 @@ class WPlusIdentityScore:
                                             "batched together."}),
             "face_select": (["largest", "most_confident"], {
                 "tooltip": "Which face of an image is scored when it has several."}),
+        }, "optional": {
+            f"images_{k}": ("IMAGE", {"tooltip": f"More images to score (e.g. the sweep's setting {k}), appended "
+                                                 "after 'images' in this order; the same size as 'images'."})
+            for k in range(2, 5)
         }}
 
     RETURN_TYPES = ("FLOAT", "STRING", "IMAGE", "INT")
@@ -61,7 +65,15 @@ class WPlusIdentityScore:
     FUNCTION = "score"
     CATEGORY = CATEGORY
 
-    def score(self, reference, images, face_select="largest"):
+    def score(self, reference, images, face_select="largest", **more):
+        for k in range(2, 5):
+            extra = more.get(f"images_{k}")
+            if extra is None:
+                continue
+            if extra.shape[1:] != images.shape[1:]:
+                raise WPlusError(f"W+ Identity Score: images_{k} is {extra.shape[2]}x{extra.shape[1]}, 'images' "
+                                 f"{images.shape[2]}x{images.shape[1]}; the images to score must have one size.")
+            images = torch.cat([images, extra.to(images.device, images.dtype)])
         rec = get_recogniser()
         total = reference.shape[0] + images.shape[0]
         bar = comfy.utils.ProgressBar(total)

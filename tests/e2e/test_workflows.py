@@ -80,6 +80,9 @@ def expected_outputs(name, prompt, photo_size):
                         else 1, (PREVIEW_PX, PREVIEW_PX))
         elif src["class_type"] == "WPlusPasteBack":
             exp[nid] = (batch, photo_size)
+        elif src["class_type"] == "WPlusIdentityScore":  # every sampler's images, sorted
+            samplers = sum(n["class_type"] == "KSampler" for n in prompt.values())
+            exp[nid] = (batch * samplers, (LATENT_PX, LATENT_PX))
         else:
             raise AssertionError(f"{name}: no expectation for images from {src['class_type']}")
     return exp
@@ -113,6 +116,20 @@ def test_example_workflow_runs(server, photos, name, artifacts):
             assert (server.output_dir / rel).is_file(), rel
     first = next(iter(images.values()))[0]
     Image.fromarray(first.astype(np.uint8)).save(artifacts / f"{name}_first_output.png")
+
+
+def test_weight_sweep_is_scored_and_reported(server, photos):
+    """Workflow 6's report names every image of the sweep once; random-weight images hold no face,
+    which is reported as such (never scored)."""
+    prompt = fast(workflows.load_api("wplus_6_weight_sweep_identity_score"))
+    entry = server.run(prompt, timeout=900)
+    (report_id,) = [k for k, v in prompt.items() if v["class_type"] == "PreviewAny"]
+    text = "".join(entry["outputs"][report_id]["text"])
+    samplers = sum(v["class_type"] == "KSampler" for v in prompt.values())
+    assert "W+ Identity Score" in text and "reference face" in text
+    for i in range(samplers):
+        assert text.count(f": image {i}:") == 1, text
+    assert "no face found" in text or "same person" in text
 
 
 def _decoded(server, prompt):

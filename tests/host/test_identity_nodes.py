@@ -38,6 +38,13 @@ def test_identity_score_sorts_a_batch(nodes, reference_dir):
     assert order == [2, 0, 1]
     torch.testing.assert_close(sorted_images, batch[[2, 0, 1]])
     assert "image 1: no face found" in report and "same person" in report and "not the same person" in report
+    # the same batch given in parts (a sweep's settings as separate inputs)
+    dist2, _, sorted2, order2 = nodes["WPlusIdentityScore"]().score(faces[0], batch[:1], "largest",
+                                                                      images_2=batch[1:2], images_3=batch[2:])
+    assert order2 == order and dist2 == pytest.approx(dist)
+    torch.testing.assert_close(sorted2, sorted_images)
+    with pytest.raises(Exception, match="images_2 is 256x256"):
+        nodes["WPlusIdentityScore"]().score(faces[0], batch, "largest", images_2=torch.rand(1, 256, 256, 3))
     with pytest.raises(Exception, match="no face found in the reference"):
         nodes["WPlusIdentityScore"]().score(skeleton, batch)
 
