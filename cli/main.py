@@ -7,15 +7,27 @@ import tempfile
 from pathlib import Path
 
 
-def _with_server(args, job) -> int:
-    """Run ``job(server)`` against a throwaway CPU ComfyUI on loopback (maintainer commands)."""
+def _with_server(args, job, placeholder_models: bool = False) -> int:
+    """Run ``job(server)`` against a throwaway CPU ComfyUI on loopback (maintainer commands). With
+    ``placeholder_models``, its models folder holds an empty file for every model file the example
+    workflows name, so the page shows no missing-model warning (nothing is ever loaded from them)."""
     from .comfy_server import ComfyServer, find_comfyui
     comfyui = find_comfyui(args.comfyui)
     if comfyui is None:
         print("No ComfyUI found: pass --comfyui PATH or set COMFYUI_PATH.", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="wplus-cli-") as tmp:
-        with ComfyServer(comfyui, Path(tmp), cpu=True) as server:
+        models = None
+        if placeholder_models:
+            from . import workflows
+            models = Path(tmp) / "models"
+            for spec in workflows.SPECS:
+                for n in spec.nodes:
+                    widget, folder = workflows.MODEL_INPUTS.get(n.type, (None, None))
+                    if isinstance(n.inputs.get(widget), str):
+                        (models / folder).mkdir(parents=True, exist_ok=True)
+                        (models / folder / n.inputs[widget]).touch()
+        with ComfyServer(comfyui, Path(tmp), models_dir=models, cpu=True) as server:
             return job(server)
 
 
@@ -49,7 +61,7 @@ def _thumbnails(args) -> int:
             print("wrote", path)
         return 0
 
-    return _with_server(args, job)
+    return _with_server(args, job, placeholder_models=True)
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """The real server serves the pack's WEB_DIRECTORY: every node of the pack has its docs page at the
 URL the frontend's docs panel fetches (/extensions/<pack folder>/docs/<NODE_KEY>.md, the folder
-taken from the node's python_module), and every picture a page shows resolves the way the
-frontend resolves it (relative to /extensions/<pack folder>/docs/)."""
+taken from the node's python_module), explaining each input the server defines, and every picture
+a page shows resolves the way the frontend resolves it (relative to /extensions/<pack folder>/docs/)."""
 from __future__ import annotations
 
 import io
@@ -24,6 +24,10 @@ def test_every_node_docs_page_and_picture_is_served(server, object_info):
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{base}{key}.md: HTTP {e.code}") from None
         assert text.startswith(f"# {info['display_name']}\n"), (key, text[:80])
+        # every input the server defines is explained on the page (as `name`)
+        inputs = [n for group in ("required", "optional") for n in (info["input"].get(group) or {})]
+        undocumented = [n for n in inputs if f"`{n}`" not in text]
+        assert not undocumented, f"web/docs/{key}.md does not explain input(s) {undocumented}"
         for src in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", text):
             data = server._request(base + src)
             img = Image.open(io.BytesIO(data))
