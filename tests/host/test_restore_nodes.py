@@ -57,7 +57,7 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     import comfy.utils
     from comfyui_wplus_adapter.nodes import restore_nodes
 
-    aligned, _, _ = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="512", **ALIGN)
+    aligned = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="512", **ALIGN)[0]
     (out,) = nodes["WPlusRestoreFace"]().restore(aligned, "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
     assert out.shape == aligned.shape and out.dtype == torch.float32
     assert 0 <= float(out.min()) and float(out.max()) <= 1 and torch.isfinite(out).all()
@@ -70,8 +70,8 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     assert patcher.model.psfrgan.device == mm.get_torch_device()
 
     # two faces of another crop size in one batch, half strength, with the progress bar per face
-    left, _, _ = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="256", **ALIGN)
-    right, _, _ = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="256", **{**ALIGN, "face_index": -1})
+    left = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="256", **ALIGN)[0]
+    right = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="256", **{**ALIGN, "face_index": -1})[0]
     faces = torch.cat([left, right])
     calls = []
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
@@ -126,3 +126,13 @@ def test_bad_inputs_and_files_are_clear_errors(nodes, model_dirs, tmp_path, monk
     msg = str(info.value)
     assert "psfrgan_epoch15_net_G.pth" in msg and str(empty) in msg
     assert "https://github.com/csxmli2016/w-plus-adapter/releases/download/v1/psfrgan_epoch15_net_G.pth" in msg
+
+
+def test_headless_restore_node_matches_the_nodes_inputs(nodes, model_dirs):
+    """cli run --restore inserts W+ Restore Face with these inputs: they must be the node's own."""
+    from cli import prompts
+    spec = nodes["WPlusRestoreFace"].INPUT_TYPES()["required"]
+    assert set(spec) == set(prompts.RESTORE_INPUTS) | {"image"}
+    assert prompts.RESTORE_INPUTS["psfrgan_name"] in spec["psfrgan_name"][0]
+    assert prompts.RESTORE_INPUTS["precision"] in spec["precision"][0]
+    assert prompts.RESTORE_INPUTS["strength"] == spec["strength"][1]["default"]
