@@ -229,12 +229,13 @@ def bench_e4e(args, device, dtype, results):
     for b in ([1] if args.quick else [1, 8]):
         x = torch.rand(b, 3, 256, 256, device=device, dtype=dtype) * 2 - 1
         st = alternate({"invert": lambda: model.invert(x)}, rounds, device)["invert"]
-        results.append({"section": "e4e_invert", "batch": b, **st, "per_image_s": st["median_s"] / b})
+        results.append({"section": "e4e_invert", "batch": b, "dtype": str(dtype).replace("torch.", ""),
+                        **st, "per_image_s": st["median_s"] / b})
         print(f"e4e invert batch {b}: {st['median_s']/b*1e3:.0f} ms/image")
     w = torch.randn(1, 18, 512, device=device, dtype=dtype)
     for size in (256, 1024):
         st = alternate({"synth": lambda: model.synthesize(w, size=size)}, rounds, device)["synth"]
-        results.append({"section": "stylegan", "size": size, **st})
+        results.append({"section": "stylegan", "size": size, "dtype": str(dtype).replace("torch.", ""), **st})
         print(f"StyleGAN synthesis {size}px: {st['median_s']*1e3:.0f} ms/image")
 
 

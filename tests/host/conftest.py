@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.host import device
+
 PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_NAME = "comfyui_wplus_adapter"
 
@@ -36,16 +38,16 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def comfy():
-    """Import the real ComfyUI in-process (CPU) and return its root."""
+    """Import the real ComfyUI in-process (CPU unless WPLUS_TEST_DEVICE says) and return its root."""
     if COMFYUI is None:
         pytest.skip(SKIP_REASON)
     if str(COMFYUI) not in sys.path:
         sys.path.insert(0, str(COMFYUI))
     import comfy.options
     comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+    device.configure_comfy_args()  # WPLUS_TEST_DEVICE / _DTYPE / _COMFY_ARGS (default: CPU, fp32)
     import comfy.model_management  # noqa: F401
+    device.enable_dynamic_vram_like_main()
     return COMFYUI
 
 

@@ -27,3 +27,14 @@ def random_sd15_patcher(seed=0, std=0.05):
                 p.copy_(torch.randn(p.shape, generator=g) * std)
     dev = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+
+
+def loaded_sd15_patcher(seed=0, std=0.05, dtype=None):
+    """The same random UNet, loaded the way ComfyUI's UNETLoader loads a file: through
+    comfy.sd.load_diffusion_model_state_dict, so device, dtype, manual cast and the patcher class
+    (ModelPatcherDynamic under 0.28's dynamic VRAM) are ComfyUI's own choices."""
+    import comfy.sd
+    state = {k: v.detach().clone() for k, v in random_sd15_patcher(seed, std).model.diffusion_model.state_dict().items()}
+    patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options={} if dtype is None else {"dtype": dtype})
+    assert patcher is not None and type(patcher.model.model_config).__name__ == "SD15", patcher
+    return patcher

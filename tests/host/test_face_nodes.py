@@ -90,7 +90,9 @@ def test_odd_images_do_not_crash(nodes, reference_dir, kind):
 def e4e_patcher(pack):
     from e4e_reference import official_checkpoint, random_e4e_weights
     from comfyui_wplus_adapter.nodes.face_nodes import e4e_patcher
-    return e4e_patcher(pack.wplus_core.e4e.load_e4e(official_checkpoint(*random_e4e_weights(seed=3))))
+    from tests.host import device  # WPLUS_TEST_DTYPE: the loader's "auto" gives fp16 on CUDA
+    model = pack.wplus_core.e4e.load_e4e(official_checkpoint(*random_e4e_weights(seed=3)), dtype=device.DTYPE)
+    return e4e_patcher(model)  # on ComfyUI's torch device (cuda with WPLUS_TEST_DEVICE=cuda)
 
 
 def test_invert_and_preview(nodes, e4e_patcher):
