@@ -16,7 +16,8 @@ after every step, so a run cut short still leaves what it did):
               --disable-dynamic-vram (WPLUS_TEST_DEVICE / WPLUS_TEST_DTYPE / WPLUS_TEST_COMFY_ARGS,
               tests/host/device.py). Per test: outcome, seconds, measured errors, failure text.
 3. bench      bench/run.py --device ... (all sections on CUDA; a quick branch+align run with
-              --small), then the targets of docs/PERFORMANCE.md read off its numbers.
+              --small), then the targets of docs/PERFORMANCE.md read off its numbers. It runs
+              second, after numerics, so a run cut short by a lease still brings the targets.
 
 Hosts are found as ComfyUI-<version>/ in --hosts-dir, $WPLUS_HOSTS, ~/.cache/wplus-hosts or the
 repository's .gpu/hosts/, with the venv-<version>/ beside one when there is one (else this
@@ -314,14 +315,14 @@ def main(argv=None) -> int:
         record("numerics", lambda: step_numerics(args.device, args.small))
     hosts = find_hosts(args.hosts_dir, log) if steps & {"host", "bench"} else {}
     report["info"]["hosts"] = hosts
+    if "bench" in steps:  # before the host runs: the targets are the numbers a short lease must bring
+        bench = record("bench", lambda: step_bench(args.device, args.small, hosts, site, args.bench_timeout))
+        report["targets"] = targets(bench.get("bench"))
     if "host" in steps:
         for c in host_configs(hosts, args.device, args.small):
             record(f"host {c['host']} {c['mode']} {c['dtype']}",
                    lambda c=c: step_host(c, args.device, args.small, site, args.host_timeout),
                    host=c["host"], mode=c["mode"], dtype=c["dtype"])
-    if "bench" in steps:
-        bench = record("bench", lambda: step_bench(args.device, args.small, hosts, site, args.bench_timeout))
-        report["targets"] = targets(bench.get("bench"))
     fatal = {"failed", "error"} | ({"missing"} if args.device == "cuda" else set())
     report["ok"] = not any(s["status"] in fatal for s in report["steps"])
     out_path.write_text(json.dumps(report, indent=1, default=str))
