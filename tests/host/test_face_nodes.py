@@ -90,8 +90,11 @@ def test_odd_images_do_not_crash(nodes, reference_dir, kind):
 def e4e_patcher(pack):
     from e4e_reference import official_checkpoint, random_e4e_weights
     from comfyui_wplus_adapter.nodes.face_nodes import e4e_patcher
-    from tests.host import device  # WPLUS_TEST_DTYPE: the loader's "auto" gives fp16 on CUDA
-    model = pack.wplus_core.e4e.load_e4e(official_checkpoint(*random_e4e_weights(seed=3)), dtype=device.DTYPE)
+    from tests.host import device
+    # WPLUS_TEST_DTYPE on CUDA (the loader's "auto" gives fp16 there); fp32 on a CPU, as "auto" does
+    # there (half-precision convolutions are 10-30x slower on CPUs: tests/test_half_precision.py)
+    dtype = device.DTYPE if device.DEVICE == "cuda" else torch.float32
+    model = pack.wplus_core.e4e.load_e4e(official_checkpoint(*random_e4e_weights(seed=3)), dtype=dtype)
     return e4e_patcher(model)  # on ComfyUI's torch device (cuda with WPLUS_TEST_DEVICE=cuda)
 
 
