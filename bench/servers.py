@@ -36,13 +36,20 @@ def _template(size: int, steps: int, seed: int) -> dict:
     return prompts.headless(prompts.apply_options(prompts.resolve(None)[1], opts))
 
 
+class _Silent:
+    """The Runner's progress interface, printing nothing (not even the written paths)."""
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
 def run_batch(urls, photos, template, out: Path) -> float:
     from cli import batch, prompts
     from cli.remote import Remote
     cid = uuid.uuid4().hex
     jobs = [batch.Job(i, p.name, {prompts.PHOTO: p}, copy.deepcopy(template)) for i, p in enumerate(photos)]
     t0 = time.perf_counter()
-    batch.Runner([Remote(u, cid) for u in urls], jobs, out).run()
+    batch.Runner([Remote(u, cid) for u in urls], jobs, out, ui=_Silent()).run()
     elapsed = time.perf_counter() - t0
     bad = [(j.name, j.state, j.error) for j in jobs if j.state != batch.DONE]
     if bad:
