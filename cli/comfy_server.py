@@ -31,7 +31,7 @@ PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_LINK_NAME = "comfyui-wplus-adapter"
 HOST = "127.0.0.1"
 # models sub-folders mapped in the YAML when a models folder is given (ComfyUI's names on the left)
-MODEL_FOLDERS = ("checkpoints", "loras", "controlnet", "vae", "embeddings", "wplus", "e4e", "facexlib",
+MODEL_FOLDERS = ("checkpoints", "loras", "controlnet", "vae", "embeddings", "wplus", "e4e", "psfrgan", "facexlib",
                  "wplus_directions")
 
 
