@@ -47,9 +47,7 @@ MODEL_INPUTS = {  # loader node -> (widget, models folder)
     "LoraLoader": ("lora_name", "loras"),
     "WPlusAdapterLoader": ("adapter_name", "wplus"),
     "WPlusE4ELoader": ("e4e_name", "e4e"),
-    "WPlusRestoreFace": ("psfrgan_name", "psfrgan"),
 }
-BYPASS = 4  # LiteGraph's node mode "bypass": in the UI file, left out of the API twin (Ctrl+B toggles it)
 # The official notebooks' sampling, in ComfyUI's terms (tests/host/test_reference_schedules.py
 # compares the sigmas with diffusers' schedulers):
 # - stage 2 (test_demo.ipynb): EulerDiscreteScheduler.from_config(SD1.5's config), i.e. its default
@@ -77,7 +75,7 @@ def model_url(filename: str):
     except ImportError:
         return None
     if filename in KNOWN_FILES:
-        folder = next((f for f in ("e4e", "wplus", "psfrgan") if filename.startswith(f)), "facexlib")
+        folder = "e4e" if filename.startswith("e4e") else "wplus" if filename.startswith("wplus") else "facexlib"
         return folder, KNOWN_FILES[filename][0]
     return None
 
@@ -96,7 +94,6 @@ class N:
     inputs: dict = field(default_factory=dict)
     title: str | None = None
     group: str | None = None  # title of the group the node sits in (None: outside any group)
-    mode: int = 0  # BYPASS: in the graph editor but bypassed (absent from the API twin)
 
 
 @dataclass
@@ -162,10 +159,6 @@ def _photo_to_image() -> Spec:
              N(9, "VAELoader", {"vae_name": VAE}, "VAE (sd-vae-ft-mse)", MODEL)]
     chain, c = _adapter_chain(2)
     nodes += chain
-    # the reference's -s restoration of low-quality faces, ready but bypassed (Ctrl+B turns it on)
-    nodes.append(N(16, "WPlusRestoreFace", {"image": L(c["align"], 0), "psfrgan_name": "psfrgan_epoch15_net_G.pth",
-                                            "strength": 1.0}, group=FACE, mode=BYPASS))
-    next(n for n in chain if n.id == c["invert"]).inputs["image"] = L(16)
     nodes.append(N(8, "FreeU", {"model": L(c["apply"]), **FREEU}, group=MODEL))
     samp, _ = _sampling(10, model=L(8), clip=L(1, 1), vae=L(9), prefix="wplus/photo_to_image", sampler=PAPER_STAGE2,
                         prompt="a photo of a person wearing a red sweater in a cafe, natural light")
@@ -184,10 +177,7 @@ def _photo_to_image() -> Spec:
         "1.0, identity joining after 20% of the steps (start_at 0.2); sampler **euler** with the "
         "**normal** scheduler (= diffusers' EulerDiscreteScheduler), 30 steps, CFG 7.5; FreeU b1 1.1, "
         "b2 1.2, s1 0.6, s2 0.4; the reference negative prompt; the **sd-vae-ft-mse** VAE.\n"
-        "- Save W+ writes the latent to output/wplus/ so Load W+ can reuse it without the photo.\n"
-        "- Blurry, small or compressed photo? Select **W+ Restore Face (PSFRGAN)** (bypassed) and press "
-        "Ctrl+B: the face is restored before inversion, the reference's `-s` option "
-        "(`psfrgan_epoch15_net_G.pth`, models/psfrgan, downloaded on first use).\n\n"
+        "- Save W+ writes the latent to output/wplus/ so Load W+ can reuse it without the photo.\n\n"
         "Models: any SD1.5 checkpoint in models/checkpoints; `vae-ft-mse-840000-ema-pruned.safetensors` "
         "in models/vae (the page offers the download); `wplus_adapter.bin` (models/wplus) and "
         "`e4e_ffhq_encode.pt` (models/e4e) are downloaded on first use. Weights: NTU S-Lab License 1.0 "
@@ -409,19 +399,6 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
                            f"it has {sorted(names)}")
 
     order = _topo(spec)
-
-    def through_bypass(link: L) -> L:
-        """The API twin's source of a link: a bypassed node passes on its input of the output's
-        type (same slot first), as the graph editor does when it queues the graph."""
-        while by_id[link.node].mode == BYPASS:
-            n = by_id[link.node]
-            want = object_info[n.type]["output"][link.slot]
-            ins = [v for v in n.inputs.values() if isinstance(v, L)
-                   and object_info[by_id[v.node].type]["output"][v.slot] == want]
-            if not ins:
-                raise KeyError(f"{spec.name}: bypassed node {n.id} ({n.type}) has no {want} input to pass on")
-            link = ins[0]
-        return link
     groups = _group_order(spec)
 
     # links, numbered in the order of the consumers' inputs
@@ -450,18 +427,16 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
                 out_type = object_info[src.type]["output"][value.slot]
                 links.append([link_id, value.node, value.slot, n.id, len(inputs_ui), out_type])
                 out_links.setdefault((value.node, value.slot), []).append(link_id)
-                source = through_bypass(value)
-                api_inputs[name] = [str(source.node), source.slot]
+                api_inputs[name] = [str(value.node), value.slot]
             kind = ispec[0] if not isinstance(ispec[0], list) else "COMBO"
             entry = {"name": name, "type": kind, "link": link_id}
             if _is_widget(ispec):
                 entry["widget"] = {"name": name}
             inputs_ui.append(entry)
         title = n.title or HOST_INDEPENDENT_TITLES.get(n.type) or info.get("display_name") or n.type
-        if n.mode != BYPASS:
-            api[str(n.id)] = {"class_type": n.type, "inputs": api_inputs, "_meta": {"title": title}}
+        api[str(n.id)] = {"class_type": n.type, "inputs": api_inputs, "_meta": {"title": title}}
         node = {"id": n.id, "type": n.type, "pos": [0, 0], "size": list(_size(n, info, inputs_ui, widgets)),
-                "flags": {}, "order": rank, "mode": n.mode, "inputs": inputs_ui, "outputs": [],
+                "flags": {}, "order": rank, "mode": 0, "inputs": inputs_ui, "outputs": [],
                 "properties": {"Node name for S&R": n.type}, "widgets_values": widgets}
         if n.title:
             node["title"] = n.title
@@ -480,7 +455,7 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
             while outputs and not outputs[-1]["links"]:  # only what is linked, the same on every host
                 outputs.pop()
         node["outputs"] = outputs
-    group_boxes = _layout(ui_nodes, {n.id: n.group for n in spec.nodes}, groups, links)
+    group_boxes = _layout(ui_nodes, _groups_of(spec), groups, links)
     note_box = group_boxes.pop(NOTE)
     note_id = max(by_id) + 1
     ui_nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [note_box[0], note_box[1] + TITLE_H],
@@ -520,7 +495,7 @@ WIDTH = 320
 # (width, height) of nodes whose height the frontend sets by content: LoadImage grows to show its
 # photo below the widgets (up to the image preview's room), text prompts have a multi-line box
 IMAGE_NODE_H = {"LoadImage": 420, "PreviewImage": 300, "SaveImage": 300}
-MIN_H = {"CLIPTextEncode": 170}
+MIN_H = {"CLIPTextEncode": 170, "PreviewAny": 200}  # PreviewAny: its text box (the page makes it ~130)
 
 
 def _size(n: N, info: dict, inputs_ui: list, widgets: list) -> tuple[int, int]:
@@ -534,20 +509,44 @@ def _size(n: N, info: dict, inputs_ui: list, widgets: list) -> tuple[int, int]:
     return WIDTH, int(math.ceil(height / 10.0) * 10)
 
 
+def _groups_of(spec: Spec) -> dict:
+    """{node id: group title}: a node without a group joins the group of what feeds it (its
+    first linked input), else of what it feeds, so that every node sits in a titled group."""
+    group = {n.id: n.group for n in spec.nodes}
+    consumers = {}
+    for n in spec.nodes:
+        for v in n.inputs.values():
+            if isinstance(v, L):
+                consumers.setdefault(v.node, []).append(n.id)
+    if not any(group.values()):
+        return group
+    changed = True
+    while changed:
+        changed = False
+        for n in sorted(spec.nodes, key=lambda n: n.id):
+            if group[n.id]:
+                continue
+            near = [v.node for v in n.inputs.values() if isinstance(v, L)] + consumers.get(n.id, [])
+            found = next((group[i] for i in near if group[i]), None)
+            if found:
+                group[n.id], changed = found, True
+    return group
+
+
 def _group_order(spec: Spec) -> list[str]:
     """Group titles in data-flow order (a group comes after every group that feeds it)."""
-    by_id = {n.id: n for n in spec.nodes}
+    group = _groups_of(spec)
     titles = []
     for n in sorted(spec.nodes, key=lambda n: n.id):
-        if n.group and n.group not in titles:
-            titles.append(n.group)
+        if group[n.id] and group[n.id] not in titles:
+            titles.append(group[n.id])
     feeds = {t: set() for t in titles}
     for n in spec.nodes:
         for v in n.inputs.values():
             if isinstance(v, L):
-                src = by_id[v.node].group
-                if src and n.group and src != n.group:
-                    feeds[n.group].add(src)
+                src = group[v.node]
+                if src and group[n.id] and src != group[n.id]:
+                    feeds[group[n.id]].add(src)
     order, seen = [], set()
 
     def visit(t, path=()):

@@ -93,7 +93,8 @@ def test_no_node_covers_another(page, name, artifacts):
             if n["type"] in FRONTEND_NOTES:
                 continue
             inside = [g["title"] for g in layout["groups"] if browser.contains(g["box"], n["box"])]
-            assert len(inside) == 1, f"node {n['id']} '{n['title']}' is in groups {inside}"
+            assert len(inside) == 1, f"node {n['id']} '{n['title']}' {n['box']} is in groups {inside} " \
+                                     f"(nodes the page resized: {grown})"
         # the first view shows the note and where the graph starts
         note = [n for n in layout["nodes"] if n["type"] in FRONTEND_NOTES]
         assert note and browser.on_screen(layout, note[0]["box"]), "the note is not in the first view"

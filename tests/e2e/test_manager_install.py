@@ -84,9 +84,11 @@ def served_repo(tmp_path_factory):
     www.mkdir()
     _git("clone", "-q", "--bare", str(src), str(www / f"{FOLDER}.git"), cwd=base)
     _git("update-server-info", cwd=www / f"{FOLDER}.git")  # what git's dumb HTTP clients read
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(www)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -98,10 +100,14 @@ def served_repo(tmp_path_factory):
 
 def _copy_host(comfyui: Path, target: Path) -> Path:
     """The host's code without its models, outputs, user data or custom nodes (a clean install)."""
-    skip = {"models", "output", "input", "user", "temp", ".git", "__pycache__"}
-    shutil.copytree(comfyui, target, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if n in skip or n == "__pycache__"
-                                             or (Path(d) == comfyui / "custom_nodes" and (Path(d) / n).is_dir())])
+    top = {"models", "output", "input", "user", "temp", ".git"}  # only at the root (comfy/ldm/models is code)
+
+    def ignore(d, names):
+        d = Path(d)
+        return [n for n in names if n == "__pycache__" or (d == comfyui and n in top)
+                or (d == comfyui / "custom_nodes" and (d / n).is_dir())]
+
+    shutil.copytree(comfyui, target, symlinks=True, ignore=ignore)
     for d in ("models", "output", "input", "user"):
         (target / d).mkdir(exist_ok=True)
     return target

@@ -24,9 +24,12 @@ def test_every_node_docs_page_and_picture_is_served(server, object_info):
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{base}{key}.md: HTTP {e.code}") from None
         assert text.startswith(f"# {info['display_name']}\n"), (key, text[:80])
-        # every input the server defines is explained on the page (as `name`)
+        # every input the server defines is explained on the page (as `name`, or in a range `x_2` .. `x_4`)
         inputs = [n for group in ("required", "optional") for n in (info["input"].get(group) or {})]
-        undocumented = [n for n in inputs if f"`{n}`" not in text]
+        named = set(re.findall(r"`(\w+)`", text))
+        for stem, a, b in re.findall(r"`(\w+?)_(\d+)`\s*\.\.\s*`\1_(\d+)`", text):
+            named |= {f"{stem}_{k}" for k in range(int(a), int(b) + 1)}
+        undocumented = [n for n in inputs if n not in named]
         assert not undocumented, f"web/docs/{key}.md does not explain input(s) {undocumented}"
         for src in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", text):
             data = server._request(base + src)
