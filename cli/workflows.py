@@ -47,7 +47,9 @@ MODEL_INPUTS = {  # loader node -> (widget, models folder)
     "LoraLoader": ("lora_name", "loras"),
     "WPlusAdapterLoader": ("adapter_name", "wplus"),
     "WPlusE4ELoader": ("e4e_name", "e4e"),
+    "WPlusRestoreFace": ("psfrgan_name", "psfrgan"),
 }
+BYPASS = 4  # LiteGraph's node mode "bypass": in the UI file, left out of the API twin (Ctrl+B toggles it)
 # The official notebooks' sampling, in ComfyUI's terms (tests/host/test_reference_schedules.py
 # compares the sigmas with diffusers' schedulers):
 # - stage 2 (test_demo.ipynb): EulerDiscreteScheduler.from_config(SD1.5's config), i.e. its default
@@ -75,7 +77,7 @@ def model_url(filename: str):
     except ImportError:
         return None
     if filename in KNOWN_FILES:
-        folder = "e4e" if filename.startswith("e4e") else "wplus" if filename.startswith("wplus") else "facexlib"
+        folder = next((f for f in ("e4e", "wplus", "psfrgan") if filename.startswith(f)), "facexlib")
         return folder, KNOWN_FILES[filename][0]
     return None
 
@@ -94,6 +96,7 @@ class N:
     inputs: dict = field(default_factory=dict)
     title: str | None = None
     group: str | None = None  # title of the group the node sits in (None: outside any group)
+    mode: int = 0  # BYPASS: in the graph editor but bypassed (absent from the API twin)
 
 
 @dataclass
@@ -159,6 +162,10 @@ def _photo_to_image() -> Spec:
              N(9, "VAELoader", {"vae_name": VAE}, "VAE (sd-vae-ft-mse)", MODEL)]
     chain, c = _adapter_chain(2)
     nodes += chain
+    # the reference's -s restoration of low-quality faces, ready but bypassed (Ctrl+B turns it on)
+    nodes.append(N(16, "WPlusRestoreFace", {"image": L(c["align"], 0), "psfrgan_name": "psfrgan_epoch15_net_G.pth",
+                                            "strength": 1.0}, group=FACE, mode=BYPASS))
+    next(n for n in chain if n.id == c["invert"]).inputs["image"] = L(16)
     nodes.append(N(8, "FreeU", {"model": L(c["apply"]), **FREEU}, group=MODEL))
     samp, _ = _sampling(10, model=L(8), clip=L(1, 1), vae=L(9), prefix="wplus/photo_to_image", sampler=PAPER_STAGE2,
                         prompt="a photo of a person wearing a red sweater in a cafe, natural light")
@@ -177,7 +184,10 @@ def _photo_to_image() -> Spec:
         "1.0, identity joining after 20% of the steps (start_at 0.2); sampler **euler** with the "
         "**normal** scheduler (= diffusers' EulerDiscreteScheduler), 30 steps, CFG 7.5; FreeU b1 1.1, "
         "b2 1.2, s1 0.6, s2 0.4; the reference negative prompt; the **sd-vae-ft-mse** VAE.\n"
-        "- Save W+ writes the latent to output/wplus/ so Load W+ can reuse it without the photo.\n\n"
+        "- Save W+ writes the latent to output/wplus/ so Load W+ can reuse it without the photo.\n"
+        "- Blurry, small or compressed photo? Select **W+ Restore Face (PSFRGAN)** (bypassed) and press "
+        "Ctrl+B: the face is restored before inversion, the reference's `-s` option "
+        "(`psfrgan_epoch15_net_G.pth`, models/psfrgan, downloaded on first use).\n\n"
         "Models: any SD1.5 checkpoint in models/checkpoints; `vae-ft-mse-840000-ema-pruned.safetensors` "
         "in models/vae (the page offers the download); `wplus_adapter.bin` (models/wplus) and "
         "`e4e_ffhq_encode.pt` (models/e4e) are downloaded on first use. Weights: NTU S-Lab License 1.0 "
@@ -399,6 +409,19 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
                            f"it has {sorted(names)}")
 
     order = _topo(spec)
+
+    def through_bypass(link: L) -> L:
+        """The API twin's source of a link: a bypassed node passes on its input of the output's
+        type (same slot first), as the graph editor does when it queues the graph."""
+        while by_id[link.node].mode == BYPASS:
+            n = by_id[link.node]
+            want = object_info[n.type]["output"][link.slot]
+            ins = [v for v in n.inputs.values() if isinstance(v, L)
+                   and object_info[by_id[v.node].type]["output"][v.slot] == want]
+            if not ins:
+                raise KeyError(f"{spec.name}: bypassed node {n.id} ({n.type}) has no {want} input to pass on")
+            link = ins[0]
+        return link
     groups = _group_order(spec)
 
     # links, numbered in the order of the consumers' inputs
@@ -427,16 +450,18 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
                 out_type = object_info[src.type]["output"][value.slot]
                 links.append([link_id, value.node, value.slot, n.id, len(inputs_ui), out_type])
                 out_links.setdefault((value.node, value.slot), []).append(link_id)
-                api_inputs[name] = [str(value.node), value.slot]
+                source = through_bypass(value)
+                api_inputs[name] = [str(source.node), source.slot]
             kind = ispec[0] if not isinstance(ispec[0], list) else "COMBO"
             entry = {"name": name, "type": kind, "link": link_id}
             if _is_widget(ispec):
                 entry["widget"] = {"name": name}
             inputs_ui.append(entry)
         title = n.title or HOST_INDEPENDENT_TITLES.get(n.type) or info.get("display_name") or n.type
-        api[str(n.id)] = {"class_type": n.type, "inputs": api_inputs, "_meta": {"title": title}}
+        if n.mode != BYPASS:
+            api[str(n.id)] = {"class_type": n.type, "inputs": api_inputs, "_meta": {"title": title}}
         node = {"id": n.id, "type": n.type, "pos": [0, 0], "size": list(_size(n, info, inputs_ui, widgets)),
-                "flags": {}, "order": rank, "mode": 0, "inputs": inputs_ui, "outputs": [],
+                "flags": {}, "order": rank, "mode": n.mode, "inputs": inputs_ui, "outputs": [],
                 "properties": {"Node name for S&R": n.type}, "widgets_values": widgets}
         if n.title:
             node["title"] = n.title
