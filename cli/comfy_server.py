@@ -39,6 +39,22 @@ class ServerError(RuntimeError):
     """The server did not start, died, or did not answer in time (the message has the log tail)."""
 
 
+def post_prompt(send) -> dict:
+    """ComfyUI's answer to POST /prompt (``send()`` makes the request and returns the body), or
+    PromptRejected with its error body when it refuses the prompt (HTTP 400 or node_errors)."""
+    try:
+        data = json.loads(send())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try:
+            raise PromptRejected(json.loads(body)) from None
+        except ValueError:
+            raise PromptRejected(body.decode(errors="replace")) from None
+    if data.get("node_errors"):
+        raise PromptRejected(data)
+    return data
+
+
 class PromptRejected(RuntimeError):
     """POST /prompt answered 400 (validation): .data is ComfyUI's JSON error body."""
 
@@ -229,17 +245,8 @@ class ComfyServer:
         return json.loads(self._request(path, timeout=timeout))
 
     def queue(self, prompt: dict) -> str:
-        try:
-            data = json.loads(self._request("/prompt", {"prompt": prompt, "client_id": self.client_id}))
-        except urllib.error.HTTPError as e:
-            body = e.read()
-            try:
-                raise PromptRejected(json.loads(body)) from None
-            except ValueError:
-                raise PromptRejected(body.decode(errors="replace")) from None
-        if data.get("node_errors"):
-            raise PromptRejected(data)
-        return data["prompt_id"]
+        body = {"prompt": prompt, "client_id": self.client_id}
+        return post_prompt(lambda: self._request("/prompt", body))["prompt_id"]
 
     def wait(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.5) -> dict:
         """The finished /history entry; ExecutionFailed when the run failed, ServerError on timeout."""

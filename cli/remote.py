@@ -28,7 +28,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from .comfy_server import PromptRejected
+from .comfy_server import post_prompt
 
 UPLOAD_SUBFOLDER = "wplus-headless"  # our uploads, by content hash: no clash with anyone's files
 
@@ -139,18 +139,8 @@ class Remote:
 
     def submit(self, prompt: dict, prompt_id: str) -> str:
         """POST /prompt with our client id and prompt id; PromptRejected when ComfyUI refuses it."""
-        try:
-            data = json.loads(self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id,
-                                                         "prompt_id": prompt_id}))
-        except urllib.error.HTTPError as e:
-            body = e.read()
-            try:
-                raise PromptRejected(json.loads(body)) from None
-            except ValueError:
-                raise PromptRejected(body.decode(errors="replace")) from None
-        if data.get("node_errors"):
-            raise PromptRejected(data)
-        return data.get("prompt_id", prompt_id)
+        body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
+        return post_prompt(lambda: self.post_json("/prompt", body)).get("prompt_id", prompt_id)
 
     def history(self, prompt_id: str) -> dict | None:
         """The finished /history entry, or None while it has not finished."""
