@@ -242,3 +242,43 @@ class FoldedSite:
         scores = torch.matmul(text_out, self.A)                           # (B,N,h*4)
         probs = scores.view(b, n, self.heads, 4).softmax(dim=-1, dtype=torch.float32)
         return torch.matmul(probs.view(b, n, self.heads * 4).to(text_out.dtype), self.Vb)
+
+    def rows(self, rows, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, Vb) for a batch whose item i uses token set ``rows[i]``: contiguous (B,hidden,K) and
+        (B,K,hidden) on ``device`` in ``dtype``, ready for ``add_branch`` (built once per run)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.A.device)
+        return (self.A[index].to(device, dtype).contiguous(), self.Vb[index].to(device, dtype).contiguous())
+
+
+class Scratch:
+    """Score and probability buffers (B,N,K) of one resolution, shared by every site of that
+    resolution within a model call (the sites run one after another), so the sampling hot path
+    allocates nothing for them; ``s4``/``p4`` view them per head (B,N,heads,4) for the softmax."""
+
+    def __init__(self, batch: int, tokens: int, heads: int, device=None, dtype=None):
+        self.s4 = torch.empty(batch, tokens, heads, 4, device=device, dtype=dtype)
+        self.p4 = torch.empty_like(self.s4)
+        self.s3 = self.s4.view(batch, tokens, heads * 4)
+        self.p3 = self.p4.view(batch, tokens, heads * 4)
+
+
+def add_branch(out, text_out, A, Vb, heads: int, scratch: Scratch | None = None, mask=None,
+               inplace: bool = False):
+    """``out + softmax_per_head(text_out @ A) @ Vb`` (times ``mask`` (B,N,1) when given).
+
+    With ``scratch`` (eager sampling) this dispatches three operations: the scores into the
+    scratch buffer, the 4-way softmax per head in place of a view, and one fused multiply-add
+    (``baddbmm``) into ``out``; a mask adds one. Without it (traced by torch.compile, which fuses
+    it anyway) the same maths is written functionally. ``inplace`` adds into ``out`` itself.
+    """
+    if scratch is None:
+        b, n, _ = text_out.shape
+        probs = torch.bmm(text_out, A).view(b, n, heads, -1).softmax(dim=-1).view(b, n, -1)
+        if mask is not None:
+            probs = probs * mask
+        return out.baddbmm_(probs, Vb) if inplace else torch.baddbmm(out, probs, Vb)
+    torch.bmm(text_out, A, out=scratch.s3)
+    torch.softmax(scratch.s4, -1, out=scratch.p4)
+    if mask is not None:
+        scratch.p3.mul_(mask)
+    return out.baddbmm_(scratch.p3, Vb) if inplace else torch.baddbmm(out, scratch.p3, Vb)
