@@ -8,11 +8,15 @@
     remote.history(prompt_id)                             # GET /history/<id> -> entry or None
     remote.view(ref)                                      # GET /view?filename&subfolder&type -> bytes
     remote.delete_queued([ids]); remote.interrupt(id)     # POST /queue {"delete"}, POST /interrupt
-    for msg in remote.messages(stop):                     # websocket /ws?clientId=... (JSON messages)
+    for msg in remote.messages(stop, ping_every=5):       # websocket /ws?clientId=... (JSON messages)
+    remote.last_heard                                     # time.monotonic() of the last answer (HTTP or websocket)
 
 Only our own prompts are ever touched: deletions name our prompt ids, and an interrupt is sent
 only while GET /queue shows one of ours running, with its prompt id in the body (ComfyUI >= 0.3.4x
 then interrupts only that prompt; older servers ignore the body, hence the check first).
+``last_heard`` is when the server last answered anything: an HTTP response other than a 5xx, a
+websocket frame, or a pong to the pings ``messages`` sends; cli/batch.py gives a server up only
+when that is older than --server-timeout (a slow server still answers pings between its steps).
 The websocket part uses the websocket-client package; everything else is the standard library.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import json
 import mimetypes
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -84,6 +89,7 @@ class Remote:
             self.url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
         self.client_id = client_id
         self.timeout = timeout
+        self.last_heard = 0.0  # time.monotonic() of the last answer, HTTP or websocket (0: none yet)
 
     def __repr__(self):
         return f"Remote({self.url})"
@@ -96,10 +102,13 @@ class Remote:
         req = urllib.request.Request(self.url + path, data=data, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                return r.read()
+                body = r.read()
+            self.last_heard = time.monotonic()
+            return body
         except urllib.error.HTTPError as e:
             if e.code >= 500:
                 raise Unreachable(self.url, f"HTTP {e.code} on {path}") from None
+            self.last_heard = time.monotonic()  # a 4xx is an answer
             raise
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
@@ -142,28 +151,28 @@ class Remote:
         body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
         return post_prompt(lambda: self.post_json("/prompt", body)).get("prompt_id", prompt_id)
 
-    def history(self, prompt_id: str) -> dict | None:
-        """The finished /history entry, or None while it has not finished."""
-        entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+    def history(self, prompt_id: str, timeout=None) -> dict | None:
+        """The finished /history entry, or None while it has not finished (or was never run)."""
+        entry = self.get_json(f"/history/{prompt_id}", timeout=timeout).get(prompt_id)
         if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
             return entry
         return None
 
-    def view(self, ref: dict) -> bytes:
+    def view(self, ref: dict, timeout=None) -> bytes:
         q = urllib.parse.urlencode({k: ref.get(k, "") for k in ("filename", "subfolder", "type")})
-        return self.request(f"/view?{q}", timeout=max(self.timeout, 120))
+        return self.request(f"/view?{q}", timeout=timeout or max(self.timeout, 120))
 
-    def delete_queued(self, prompt_ids) -> None:
+    def delete_queued(self, prompt_ids, timeout=None) -> None:
         ids = list(prompt_ids)
         if ids:
-            self.post_json("/queue", {"delete": ids})
+            self.post_json("/queue", {"delete": ids}, timeout=timeout)
 
-    def interrupt(self, prompt_id: str) -> bool:
+    def interrupt(self, prompt_id: str, timeout=None) -> bool:
         """Interrupt ``prompt_id`` if (and only if) it is the prompt running now."""
-        running, _ = self.queue_ids()
+        running, _ = self.queue_ids(timeout=timeout)
         if prompt_id not in running:
             return False
-        self.post_json("/interrupt", {"prompt_id": prompt_id})
+        self.post_json("/interrupt", {"prompt_id": prompt_id}, timeout=timeout)
         return True
 
     # ------------------------------------------------------------------ websocket
@@ -173,26 +182,36 @@ class Remote:
         return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path + "/ws",
                                         urllib.parse.urlencode({"clientId": self.client_id}), ""))
 
-    def messages(self, stop, recv_timeout: float = 1.0):
+    def messages(self, stop, recv_timeout: float = 1.0, ping_every: float | None = None):
         """Yield the server's JSON messages ({"type", "data"}) until ``stop`` (a threading.Event) is set.
 
-        Binary frames (previews) are skipped. Raises ImportError without websocket-client and
+        Binary frames (previews) are skipped. With ``ping_every`` a websocket ping goes out that often
+        (ComfyUI's aiohttp answers it with a pong even while a prompt runs); every frame received,
+        pongs included, sets ``last_heard``. Raises ImportError without websocket-client and
         OSError / websocket exceptions when the connection fails or drops.
         """
         import websocket  # websocket-client
         ws = websocket.create_connection(self.ws_url(), timeout=10,
                                          header=[f"{k}: {v}" for k, v in self.headers.items()])
+        self.last_heard = time.monotonic()
         try:
-            ws.settimeout(recv_timeout)
+            ws.settimeout(min(recv_timeout, ping_every) if ping_every else recv_timeout)
+            pinged = time.monotonic()
             while not stop.is_set():
+                if ping_every and time.monotonic() - pinged >= ping_every:
+                    ws.ping(b"wplus")
+                    pinged = time.monotonic()
                 try:
-                    msg = ws.recv()
+                    opcode, data = ws.recv_data(control_frame=True)
                 except websocket.WebSocketTimeoutException:
                     continue
-                if isinstance(msg, bytes) or not msg:
-                    continue
+                self.last_heard = time.monotonic()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    raise ConnectionResetError("the server closed the websocket")
+                if opcode != websocket.ABNF.OPCODE_TEXT or not data:
+                    continue  # pong, ping, binary preview
                 try:
-                    yield json.loads(msg)
+                    yield json.loads(data.decode("utf-8", errors="replace"))
                 except ValueError:
                     continue
         finally:
