@@ -121,7 +121,7 @@ class Run:
 
     @property
     def executed(self) -> bool:
-        return self.state in (FETCHING, SUCCESS, ERROR, INTERRUPTED) or (self.state == LOST and self.started)
+        return self.started or self.state in (FETCHING, SUCCESS, ERROR, INTERRUPTED)
 
 
 class ServerState:
@@ -545,7 +545,7 @@ class Runner:
         reason = f"{s.label} stopped answering ({why or s.error})"
         for r in runs:
             if r.active:
-                r.active, r.why = False, reason.replace("stopped answering", "was given up")
+                r.active, r.why = False, "left behind when the server did not answer" if not dead else "server gone"
             if dead and r.state in (QUEUED, RUNNING, UNCONFIRMED):
                 self._settle(r, LOST)
         for r in moved:
@@ -554,7 +554,7 @@ class Runner:
             return
         others = ", ".join(x.label for x in self._alive()) or "none left"
         fetching = sum(r.state == FETCHING for r in moved)
-        tail = f" ({fetching} of them finished there, but their images could not be downloaded)" if fetching else ""
+        tail = f" ({fetching} of them finished there, their images not downloaded yet)" if fetching else ""
         if moved and not dead:
             tail += f"; they are removed from {s.label} if it answers again"
         self.ui.note(f"{reason}; {len(moved)} unfinished prompt(s) re-queued on the others ({others}){tail}")
@@ -588,6 +588,8 @@ class Runner:
     def _finished(self, run: Run, entry: dict) -> None:
         """/history has the run: success, error or interrupted."""
         job, s = run.job, run.server
+        if run.state not in (SUBMITTING, UNCONFIRMED, QUEUED, RUNNING):
+            return  # already seen (two sweeps may report it before this thread reads the first)
         status = entry.get("status", {})
         run.started = True
         if status.get("status_str") != "success":

@@ -3,7 +3,7 @@ server is kept, a silent one is dropped and its prompts are removed there when i
 a prompt that finished where it was left behind is used, downloads are retried, and every photo
 executes exactly once. The fakes keep their own record of what they executed, as a real server's
 /history does; the e2e twins with real servers behind a loopback proxy are in
-tests/e2e/test_remote_faults.py."""
+tests/e2e/test_remote.py."""
 from __future__ import annotations
 
 import collections
@@ -237,7 +237,7 @@ class Notes:
         return "\n".join(self.lines)
 
 
-def run(servers, n, tmp_path, *, server_timeout=0.8, action=None, **kw):
+def run(servers, n, tmp_path, *, server_timeout=10.0, action=None, **kw):
     jobs = make_jobs(n)
     ui = Notes()
     runner = batch.Runner([FakeRemote(s) for s in servers], jobs, tmp_path / "out", ui=ui,
@@ -287,17 +287,17 @@ def test_a_slow_server_is_kept_while_its_websocket_answers(tmp_path):
     """Every HTTP answer of B takes longer than --server-timeout, but its websocket answers pings:
     B is slow, not dead. Without the websocket the same B is given up."""
     a, b = FakeComfy("a"), FakeComfy("b")
-    b.http_delay = 0.5
-    runner, jobs, ui = run([a, b], 6, tmp_path, server_timeout=0.4)
+    b.http_delay = 1.2  # pings every 0.25 s
+    runner, jobs, ui = run([a, b], 2, tmp_path, server_timeout=1.0)
     assert_once([a, b], jobs, tmp_path)
     assert b.successes(), "the slow server took part"
     assert "stopped answering" not in ui.text(), ui.text()
 
     a2, b2 = FakeComfy("a2"), FakeComfy("b2")
-    b2.http_delay = 0.5
+    b2.http_delay = 1.2
     out = tmp_path / "nows"
     out.mkdir()
-    runner, jobs, ui = run([a2, b2], 4, out, server_timeout=0.4, websocket=False)
+    runner, jobs, ui = run([a2, b2], 2, out, server_timeout=1.0, websocket=False)
     assert "b2:8188 stopped answering (nothing heard for" in ui.text(), ui.text()
 
 
@@ -315,7 +315,7 @@ def test_a_stalled_server_is_dropped_and_its_prompts_removed_when_it_answers_aga
         b.recover()
         b.hold_start.clear()
 
-    runner, jobs, ui = run([a, b], 6, tmp_path, server_timeout=0.5, action=stall_then_recover)
+    runner, jobs, ui = run([a, b], 6, tmp_path, server_timeout=1.5, action=stall_then_recover)
     text = ui.text()
     assert "b:8188 stopped answering (nothing heard for" in text, text
     assert len(b.deleted) == 1 and "removed from its queue" in text, (b.deleted, text)
@@ -330,7 +330,7 @@ def test_a_stalled_server_is_dropped_and_its_prompts_removed_when_it_answers_aga
 def test_a_run_left_behind_that_finishes_first_is_used_and_the_copy_cancelled(tmp_path):
     """B stalls while ours runs there; B finishes it during the stall; A has started the copy but
     is slower. When B answers again its result is used and A's copy is interrupted."""
-    a, b = FakeComfy("a", step=0.4), FakeComfy("b", step=0.05)
+    a, b = FakeComfy("a", step=0.6), FakeComfy("b", step=0.05)
 
     def scenario(runner):
         wait_for(lambda: b.running, what="ours running on B")
@@ -345,7 +345,7 @@ def test_a_run_left_behind_that_finishes_first_is_used_and_the_copy_cancelled(tm
         b.recover()
         b.hold_start.clear()
 
-    runner, jobs, ui = run([a, b], 3, tmp_path, server_timeout=0.3, depth=1, action=scenario)
+    runner, jobs, ui = run([a, b], 3, tmp_path, server_timeout=1.0, depth=1, action=scenario)
     text = ui.text()
     assert "finished on http://b:8188 after all: using that result; cancelling its copy on http://a:8188" in text, text
     assert a.interrupted, "A's copy was interrupted"
@@ -373,7 +373,7 @@ def test_images_that_cannot_be_downloaded_from_a_server_gone_for_good_run_again(
 
     runner, jobs, ui = run([a, b], 4, tmp_path, action=kill_b)
     assert all(j.state == batch.DONE for j in jobs)
-    assert "finished there, but their images could not be downloaded" in ui.text(), ui.text()
+    assert "of them finished there, their images not downloaded yet" in ui.text(), ui.text()
     line, _ = batch.summary(jobs, 1.0)
     assert "executed more than once" in line and "finished on http://b:8188" in line, line
 

@@ -1,14 +1,25 @@
 """`python -m cli run --server URL ...` against real ComfyUI servers on loopback (the session's
-server plus ones started here), with the random-weight model files: many photos over two servers,
-a server killed mid-run, a photo without a face, a second run into the same folder, Ctrl-C.
-Tiny sizes and 2 steps keep each prompt at seconds on a CPU."""
+server plus ones started here), with the random-weight model files: many photos over two servers
+(also with both cores busy), a server killed mid-run, a photo without a face, a second run into the
+same folder, Ctrl-C. Tiny sizes and 2 steps keep each prompt at seconds on a CPU.
+
+Faults that do not depend on the machine's load come from a loopback proxy in front of server B
+(tests/e2e/proxy.py), switched by the test: every answer of B later than --server-timeout (slow,
+not dead), B stalled until it has been given up and then recovering, /view failing a few times.
+Each of those asserts, from every server's own /history, exactly one successful execution per
+photo, every image written, nothing overwritten."""
 from __future__ import annotations
 
+import collections
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -17,8 +28,9 @@ import pytest
 from PIL import Image
 
 from cli.comfy_server import ComfyServer
-from cli.remote import UPLOAD_SUBFOLDER, Remote
+from cli.remote import UPLOAD_SUBFOLDER, Remote, upload_name
 from tests.e2e.conftest import ROOT
+from tests.e2e.proxy import FaultProxy
 
 FAST = ("--steps", 2, "--width", 64, "--height", 64)
 
@@ -70,14 +82,131 @@ def _wait(cond, timeout, what, step=0.2):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _our_history(server) -> list[dict]:
-    return [e for e in server.get_json("/history", timeout=30).values() if _ours(e["prompt"])]
-
-
 def _check_images(files, size=64):
     for f in files:
         a = np.asarray(Image.open(f).convert("RGB"), dtype=np.float64)
         assert a.shape == (size, size, 3) and a.std() > 2.0, f
+
+
+def _uploads(photos) -> dict:
+    """Our LoadImage value for each photo (its upload name) -> the photo's file name."""
+    return {f"{UPLOAD_SUBFOLDER}/{upload_name(p, p.read_bytes())}": p.name for p in photos}
+
+
+def _photo_of(prompt: dict, uploads: dict):
+    for node in prompt.values():
+        if node.get("class_type") == "LoadImage" and str(node["inputs"].get("image", "")) in uploads:
+            return uploads[str(node["inputs"]["image"])]
+    return None
+
+
+def _mine(item, uploads) -> bool:
+    """A /queue item of this test's run (one of its photos)."""
+    return _photo_of(item[2], uploads) is not None
+
+
+def _outcome(entry) -> str:
+    status = entry.get("status", {})
+    if status.get("status_str") == "success":
+        return "success"
+    if any(kind == "execution_interrupted" for kind, _ in status.get("messages", [])):
+        return "interrupted"
+    return "error"
+
+
+def executions(photos, servers, snapshots=None) -> dict:
+    """photo name -> [(server url, 'success' | 'interrupted' | 'error')] for every execution of it that
+    the servers' own /history holds (``snapshots``: url -> /history read earlier, for a server that
+    is gone)."""
+    uploads = _uploads(photos)
+    runs = {p.name: [] for p in photos}
+    for srv in servers:
+        entries = (snapshots or {}).get(srv.url)
+        if entries is None:
+            entries = srv.get_json("/history", timeout=60)
+        for entry in entries.values():
+            photo = _photo_of(entry["prompt"][2], uploads)
+            if photo is not None:
+                runs[photo].append((srv.url, _outcome(entry)))
+    return runs
+
+
+def _successes(runs: dict) -> dict:
+    return {photo: sum(kind == "success" for _, kind in r) for photo, r in runs.items()}
+
+
+def _report(artifacts, scenario: str, runs: dict, seconds: float) -> None:
+    """Executions per photo, printed (pytest -s) and kept in artifacts/remote_executions.jsonl."""
+    per_photo = {photo: len(r) for photo, r in runs.items()}
+    line = {"scenario": scenario, "executions_per_photo": per_photo, "successes_per_photo": _successes(runs),
+            "runs": runs, "seconds": round(seconds, 1)}
+    print(json.dumps(line))
+    with open(artifacts / "remote_executions.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+SENTINEL = b"an earlier run's image: never overwritten"
+
+
+def _occupy(out, photo):
+    """out/<photo>.png already there (an earlier run): the run must write <photo>-2.png instead."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{photo.stem}.png").write_bytes(SENTINEL)
+
+
+def _check_out(out, photos, occupied):
+    names = sorted(f.name for f in out.iterdir())
+    want = sorted([f"{p.stem}.png" for p in photos if p != occupied] + [f"{occupied.stem}.png", f"{occupied.stem}-2.png"])
+    assert names == want, names
+    assert (out / f"{occupied.stem}.png").read_bytes() == SENTINEL
+    _check_images([out / n for n in names if n != f"{occupied.stem}.png"])
+
+
+def _none_of_ours_left(photos, *servers):
+    uploads = _uploads(photos)
+    for s in servers:
+        q = _queue(s)
+        assert not [i for i in q["queue_running"] + q["queue_pending"] if _mine(i, uploads)], (s.url, q)
+
+
+@contextlib.contextmanager
+def busy_cores(seconds: float = 900.0):
+    """One busy loop per core for the duration of the block (each ends by itself after ``seconds``)."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _start_runner(photos, urls, out, *, seed, server_timeout, **kw):
+    """cli/batch.py's Runner in a thread, as `cli run` builds it (workflow 1, 64 px, 2 steps), with
+    its notes collected; returns (runner, jobs, log, thread)."""
+    from cli import batch, prompts, run
+    opts = {k: None for k in run.OPTION_NAMES}
+    opts.update(steps=2, width=64, height=64, seed=seed, no_freeu=False)
+    template = prompts.headless(prompts.apply_options(prompts.resolve(None)[1], opts))
+    jobs = [batch.Job(i, p.name, {prompts.PHOTO: p}, template) for i, p in enumerate(photos)]
+    log = io.StringIO()
+    client = uuid.uuid4().hex
+    runner = batch.Runner([Remote(u, client) for u in urls], jobs, out, server_timeout=server_timeout,
+                          ui=batch.Progress(stream=log, bars=False), **kw)
+    thread = threading.Thread(target=runner.run, name="runner", daemon=True)
+    thread.start()
+    return runner, jobs, log, thread
+
+
+def _finish(runner, jobs, log, thread, timeout=900):
+    from cli import batch
+    thread.join(timeout)
+    assert not thread.is_alive(), "the run did not end:\n" + log.getvalue()
+    line, failures = batch.summary(jobs, 0)
+    print(log.getvalue() + line)
+    assert all(j.state == batch.DONE for j in jobs), (line, failures, log.getvalue())
+    return log.getvalue() + "\n" + line
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,12 +248,23 @@ def server_b(comfyui, models_dir, tmp_path_factory, vae_files):
         srv.stop()
 
 
-def test_two_servers_six_photos_then_a_rerun_overwrites_nothing(server, server_b, reference_dir, tmp_path):
+@pytest.fixture
+def proxy_b(server_b):
+    """A FaultProxy in front of server B: the runner talks to B only through proxy_b.url."""
+    with FaultProxy(server_b.port) as proxy:
+        yield proxy
+
+
+def test_two_servers_six_photos_then_a_rerun_overwrites_nothing(server, server_b, reference_dir, tmp_path,
+                                                                 artifacts):
+    """Also while every core is busy with something else (a busy loop per core, as on a loaded CI
+    machine): each photo executes exactly once."""
     photos = make_photos(reference_dir, tmp_path / "photos", 6)
     out = tmp_path / "out"
-    before = {s.url: len(_our_history(s)) for s in (server, server_b)}
-    proc = _cli("--photo", tmp_path / "photos", "--out", out, "--server", server.url, "--server", server_b.url,
-                *FAST, "--seed", 7)
+    t0 = time.monotonic()
+    with busy_cores():
+        proc = _cli("--photo", tmp_path / "photos", "--out", out, "--server", server.url, "--server", server_b.url,
+                    *FAST, "--seed", 7)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted(out.iterdir())
     assert [f.name for f in files] == sorted(p.stem + ".png" for p in photos), proc.stdout
@@ -132,9 +272,13 @@ def test_two_servers_six_photos_then_a_rerun_overwrites_nothing(server, server_b
     for f in files:
         assert str(f) in proc.stdout
     assert "6 done, 0 failed of 6 prompt(s)" in proc.stdout
-    # both servers took part (their own /history says so)
-    ran = {s.url: len(_our_history(s)) - before[s.url] for s in (server, server_b)}
-    assert all(n >= 1 for n in ran.values()) and sum(ran.values()) == 6, ran
+    assert "6 execution(s), each prompt at most once" in proc.stdout, proc.stdout + proc.stderr
+    # exactly one execution of each photo, and both servers took part (their own /history says so)
+    runs = executions(photos, (server, server_b))
+    _report(artifacts, "two servers, both cores busy", runs, time.monotonic() - t0)
+    assert {photo: len(r) for photo, r in runs.items()} == {p.name: 1 for p in photos}, runs
+    assert _successes(runs) == {p.name: 1 for p in photos}, runs
+    assert {url for r in runs.values() for url, _ in r} == {server.url, server_b.url}, runs
     first = {f.name: f.read_bytes() for f in files}
 
     # a second run into the same folder: two of the photos again and one without a face
@@ -221,16 +365,125 @@ def test_steps_come_from_the_websocket(server, reference_dir, tmp_path):
     assert values and values[-1] == 3 and values == sorted(values) and {c[2] for c in steps} == {3}, ui.calls
 
 
-def test_a_server_killed_mid_run_loses_nothing(server, server_b, reference_dir, tmp_path):
-    """Last test of the module: it kills server B (memory allows two servers here, not three)."""
-    make_photos(reference_dir, tmp_path / "photos", 6, shift=3)
+def test_a_slow_server_is_kept_and_runs_nothing_twice(server, server_b, proxy_b, reference_dir, tmp_path, artifacts):
+    """Every HTTP answer of B comes 6 s late, more than --server-timeout (5 s); its websocket frames
+    (pongs, progress) 1 s late. B is slow, not dead: it is kept, takes part, and nothing runs twice."""
+    photos = make_photos(reference_dir, tmp_path / "photos", 2, shift=20)  # one per server
     out = tmp_path / "out"
+    _occupy(out, photos[0])
+    proxy_b.delay(http=6, ws=1)
+    t0 = time.monotonic()
+    runner, jobs, log, thread = _start_runner(photos, [server.url, proxy_b.url], out, seed=21, server_timeout=5)
+    text = _finish(runner, jobs, log, thread)
+    runs = executions(photos, (server, server_b))
+    _report(artifacts, "slow server (HTTP 6 s late, websocket 1 s, --server-timeout 5)", runs, time.monotonic() - t0)
+    assert "stopped answering" not in text, text
+    assert _successes(runs) == {p.name: 1 for p in photos}, runs
+    assert all(kind == "success" for r in runs.values() for _, kind in r), runs  # nothing even started twice
+    assert any(url == server_b.url for r in runs.values() for url, _ in r), ("B took part", runs)
+    assert "2 execution(s), each prompt at most once" in text, text
+    _check_out(out, photos, photos[0])
+    _none_of_ours_left(photos, server, server_b)
+
+
+def test_a_stalled_server_that_recovers_runs_nothing_twice(server, server_b, proxy_b, reference_dir, tmp_path,
+                                                           artifacts):
+    """B stalls (nothing gets through either way; it goes on executing) while one of ours runs there
+    and one waits: after --server-timeout (3 s) it is given up and both are queued again (on A, and
+    on B once it is back). When B answers again, what of ours is still there is removed (deleted
+    from the queue, or interrupted), or, if it finished there first, that result is used and the
+    copy cancelled."""
+    photos = make_photos(reference_dir, tmp_path / "photos", 3, shift=24)
+    uploads = _uploads(photos)
+    out = tmp_path / "out"
+    _occupy(out, photos[0])
+    t0 = time.monotonic()
+    # B first: it gets photos 1 and 3 (one runs, one waits), A photo 2
+    runner, jobs, log, thread = _start_runner(photos, [proxy_b.url, server.url], out, seed=25, server_timeout=3)
+
+    def one_running_one_waiting():
+        q = _queue(server_b)
+        return any(_mine(i, uploads) for i in q["queue_running"]) and any(_mine(i, uploads) for i in q["queue_pending"])
+
+    _wait(one_running_one_waiting, 600, "one of ours running and one waiting on B", step=0.05)
+    proxy_b.stall()
+    _wait(lambda: not runner.servers[0].alive, 60, "B given up")
+    proxy_b.recover()
+    text = _finish(runner, jobs, log, thread)
+    runs = executions(photos, (server, server_b))
+    _report(artifacts, "stalled server that recovers (--server-timeout 3)", runs, time.monotonic() - t0)
+    assert f"{proxy_b.url} stopped answering (nothing heard for" in text, text
+    moved = re.search(r"(\d+) unfinished prompt\(s\) re-queued on the others", text)
+    assert moved and int(moved.group(1)) >= 2, text
+    assert "answers again" in text, text
+    # each of the two left on B was removed there, or finished there first and was used
+    handled = text.count(f"its prompt on {proxy_b.url} removed from its queue") + \
+        text.count(f"its prompt on {proxy_b.url} interrupted") + text.count(f"on {proxy_b.url} after all: using")
+    assert handled >= 2, text
+    assert _successes(runs) == {p.name: 1 for p in photos}, runs
+    _check_out(out, photos, photos[0])
+    _none_of_ours_left(photos, server, server_b)
+
+
+def test_flaky_downloads_are_fetched_again_not_run_again(server, server_b, proxy_b, reference_dir, tmp_path,
+                                                         artifacts):
+    """B's /view fails 3 times (503, reset, 503): the images are downloaded again from B, with
+    backoff, and nothing runs a second time."""
+    photos = make_photos(reference_dir, tmp_path / "photos", 2, shift=28)  # one per server
+    out = tmp_path / "out"
+    _occupy(out, photos[0])
+    proxy_b.fail_views(3)
+    t0 = time.monotonic()
+    runner, jobs, log, thread = _start_runner(photos, [server.url, proxy_b.url], out, seed=29, server_timeout=30)
+    text = _finish(runner, jobs, log, thread)
+    runs = executions(photos, (server, server_b))
+    _report(artifacts, "flaky downloads (3 failed /view on B)", runs, time.monotonic() - t0)
+    assert proxy_b.views_failed == 3
+    assert text.count(f"downloading its images from {proxy_b.url} failed") == 3, text
+    assert {photo: len(r) for photo, r in runs.items()} == {p.name: 1 for p in photos}, runs
+    assert _successes(runs) == {p.name: 1 for p in photos}, runs
+    assert "could not be downloaded" not in text and "stopped answering" not in text, text
+    _check_out(out, photos, photos[0])
+
+
+def _our_pngs(output_dir, photos) -> collections.Counter:
+    """photo name -> images our prompts saved in a server's output folder (the prompt is in each PNG)."""
+    uploads = _uploads(photos)
+    found = collections.Counter()
+    for f in output_dir.rglob("*.png"):
+        prompt = Image.open(f).text.get("prompt")
+        photo = _photo_of(json.loads(prompt), uploads) if prompt else None
+        if photo:
+            found[photo] += 1
+    return found
+
+
+def test_a_server_killed_mid_run_loses_nothing(server, server_b, reference_dir, tmp_path, artifacts):
+    """Last test of the module: it kills server B (memory allows two servers here, not three).
+    B is killed just after one of ours started there (not while one is about to finish): that one
+    is lost and runs again on A; every photo has exactly one successful execution (A's /history,
+    and B's read just before the kill, which its output folder confirms)."""
+    photos = make_photos(reference_dir, tmp_path / "photos", 6, shift=3)
+    uploads = _uploads(photos)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
     cli = subprocess.Popen(_cli_cmd("--photo", tmp_path / "photos", "--out", out, "--server", server.url,
                                     "--server", server_b.url, *FAST, "--seed", 9, "--server-timeout", 20),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = None
+
+    def just_started():
+        """A prompt of ours running on B that the previous look did not see running, once B has
+        finished one of ours (so that B's /history has something to count)."""
+        nonlocal seen
+        running = {i[1] for i in _queue(server_b)["queue_running"] if _mine(i, uploads)}
+        new, seen = running - (running if seen is None else seen), (seen or set()) | running
+        return bool(new) and any(_photo_of(e["prompt"][2], uploads) and _outcome(e) == "success"
+                                 for e in server_b.get_json("/history", timeout=30).values())
+
     try:
-        _wait(lambda: any(_ours(i) for i in _queue(server_b)["queue_running"]), 600,
-              "one of our prompts running on the server to kill")
+        _wait(just_started, 600, "one of our prompts just started on the server to kill", step=0.05)
+        snapshot = server_b.get_json("/history", timeout=30)
         os.killpg(server_b.proc.pid, signal.SIGKILL)  # gone mid-prompt, without a goodbye
         stdout, stderr = cli.communicate(timeout=1200)
     finally:
@@ -241,3 +494,10 @@ def test_a_server_killed_mid_run_loses_nothing(server, server_b, reference_dir, 
     files = sorted(out.iterdir())
     assert len(files) == 6 and "6 done, 0 failed" in stdout, (files, stdout, stderr)
     _check_images(files)
+    runs = executions(photos, (server, server_b), snapshots={server_b.url: snapshot})
+    _report(artifacts, "a server killed mid-run", runs, time.monotonic() - t0)
+    assert _successes(runs) == {p.name: 1 for p in photos}, runs
+    b_done = collections.Counter(photo for photo, r in runs.items() for url, kind in r
+                                 if url == server_b.url and kind == "success")
+    assert _our_pngs(server_b.output_dir, photos) == b_done, "B finished more than its /history said"
+    assert "lost with the server" in stdout, stdout  # the summary names the prompt that ran on B when it died
