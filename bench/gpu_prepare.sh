@@ -17,7 +17,7 @@ PY=${PYTHON:-python3}
 HOSTS=${WPLUS_HOSTS:-$HOME/.cache/wplus-hosts}
 SHARED=${WPLUS_SHARED:-../shared}
 mkdir -p .gpu/hosts .gpu/wheels
-for v in 0.3.64 0.28.0; do
+for v in ${WPLUS_GPU_HOSTS:-0.3.64 0.28.0 0.33.0}; do
   cp -f "$SHARED/hosts/ComfyUI-$v.tar.gz" .gpu/hosts/ 2>/dev/null || echo "gpu_prepare: $SHARED/hosts/ComfyUI-$v.tar.gz not found" >&2
 done
 NAMES="comfy-aimdo comfy-kitchen facexlib filterpy torchsde trampoline trio outcome sniffio truststore httpcore2 httpx2"

@@ -75,6 +75,7 @@ def load_comfy():
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
     comfy.cli_args.args.cpu = not torch.cuda.is_available()
+    comfy.cli_args.args.use_pytorch_cross_attention = True  # what a GPU runs; one graph under torch.compile
     if PACK_NAME not in sys.modules:
         spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
                                                       submodule_search_locations=[str(PACK_ROOT)])
@@ -102,7 +103,24 @@ class NaiveSite:
         return self.wplus_attention(text, self.site, toks.to(q), heads, self.weight)
 
 
+def unet_configs(args, device) -> list:
+    """(latent side in px, UNet batch): the sizes a GPU user runs, or small ones on a CPU."""
+    if args.unet_sizes:
+        return [tuple(int(v) for v in c.split("x")) for c in args.unet_sizes.split(",")]
+    if args.quick or device.type == "cpu":
+        return [(256, 1), (256, 2)]
+    return [(512, 1), (512, 2), (512, 8), (1024, 2)]
+
+
 def bench_unet(args, device, dtype, results):
+    """Whole UNet calls as ComfyUI makes them (BaseModel.apply_model with the model's wrappers).
+
+    Each sample is ``--calls`` consecutive calls between two synchronisations (a GPU runs ahead of
+    the Python that feeds it: timing one call measures the sync, not the step), variants alternate
+    per round, and "outside_window" (the patched model outside its start/end window, i.e. the
+    unpatched code path plus one sigma read) shows the noise floor of the comparison. With
+    ``--compile BACKEND`` the same model under ComfyUI's TorchCompileModel is measured too, with
+    and without the adapter (compile time excluded: one warm-up round per variant)."""
     pack = load_comfy()
     if pack is None:
         print("unet: no ComfyUI checkout found; skipped")
@@ -112,9 +130,10 @@ def bench_unet(args, device, dtype, results):
     from comfyui_wplus_adapter.nodes.wplus_patch import apply_wplus
     from comfyui_wplus_adapter.wplus_core.adapter import SITES, load_wplus_adapter
 
-    base = random_sd15_patcher()
+    base = random_sd15_patcher()  # fan-in scaled: finite in fp16
     base.model.to(device, dtype)
     base.model.diffusion_model.dtype = dtype
+    import comfy.ldm.modules.attention as attention
     adapter = load_wplus_adapter(official_state_dict())
     w = torch.randn(1, 18, 512)
     patched = apply_wplus(base, adapter, w, 1.0, 0.0, 1.0)
@@ -125,39 +144,59 @@ def bench_unet(args, device, dtype, results):
         sw = adapter.sites[s.block]
         site = type(sw)(*(t.to(device, dtype) for t in (sw.to_q, sw.to_k, sw.to_v)))
         naive.set_model_attn2_replace(NaiveSite(site, cond, uncond, 1.0), s.block[0], s.block[1])
+    models = {"unpatched": base, "wplus": patched, "naive_port": naive, "outside_window": outside}
+    compiled = {}
+    if args.compile:
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+        compiled = {"compiled_unpatched": TorchCompileModel.execute(base, args.compile).args[0],
+                    "compiled_wplus": apply_wplus(TorchCompileModel.execute(base, args.compile).args[0],
+                                                  adapter, w, 1.0, 0.0, 1.0)}
 
-    def step_fn(patcher, x, sigma, ctx, chunks):
+    def calls_fn(patcher, x, sigma, ctx, chunks):
         to = dict(patcher.model_options.get("transformer_options", {}))
         to["wrappers"] = patcher.wrappers
         to["cond_or_uncond"] = chunks
         to["sigmas"] = sigma
         model = base.model
-        return lambda: model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to)
 
-    sizes = [256] if args.quick else [256, 512]
-    batches = [1, 2] if args.quick or device.type == "cpu" else [1, 2, 8]
-    if args.batches:
-        batches = [int(b) for b in args.batches.split(",")]
+        def fn():
+            for _ in range(args.calls):
+                model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to)
+        return fn
+
     ms = base.model.model_sampling
-    for size in sizes:
-        for b in batches:
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(b, 4, size // 8, size // 8, generator=g).to(device)
-            sigma = torch.full((b,), float(ms.sigma_max) * 0.5, device=device)
-            ctx = torch.randn(b, 77, 768, generator=g).to(device)
-            chunks = [0] if b == 1 else [0, 1]
-            variants = {name: step_fn(p, x, sigma, ctx, chunks) for name, p in
-                        (("unpatched", base), ("wplus", patched), ("naive_port", naive), ("outside_window", outside))}
-            with torch.inference_mode():
-                stats = alternate(variants, args.rounds, device)
-            base_t = stats["unpatched"]["median_s"]
-            row = {"section": "unet", "size": size, "unet_batch": b, "dtype": str(dtype).replace("torch.", ""),
-                   **{f"{k}_median_s": v["median_s"] for k, v in stats.items()},
-                   **{f"{k}_spread_s": [v["min_s"], v["max_s"]] for k, v in stats.items()},
-                   **{f"{k}_overhead": v["median_s"] / base_t - 1 for k, v in stats.items() if k != "unpatched"}}
-            results.append(row)
-            print(f"unet {size}px batch {b} {row['dtype']}: unpatched {base_t*1e3:.1f} ms | "
-                  + " | ".join(f"{k} {row[k + '_overhead']*100:+.2f}%" for k in stats if k != "unpatched"))
+    dname = str(dtype).replace("torch.", "")
+    for size, b in unet_configs(args, device):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(b, 4, size // 8, size // 8, generator=g).to(device)
+        sigma = torch.full((b,), float(ms.sigma_max) * 0.5, device=device)
+        ctx = torch.randn(b, 77, 768, generator=g).to(device)
+        chunks = [0] if b == 1 else [0, 1]
+        variants = {name: calls_fn(p, x, sigma, ctx, chunks) for name, p in models.items()}
+        if compiled and (size, b) in COMPILED_CONFIGS:
+            variants.update({name: calls_fn(p, x, sigma, ctx, chunks) for name, p in compiled.items()})
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            stats = alternate(variants, args.rounds, device, warmup=2 if compiled else 1)
+        per_call = {k: v["median_s"] / args.calls for k, v in stats.items()}
+        base_t = per_call["unpatched"]
+        row = {"section": "unet", "size": size, "unet_batch": b, "dtype": dname, "calls_per_sample": args.calls,
+               "rounds": args.rounds, "attention": attention.optimized_attention.__name__,
+               **{f"{k}_per_call_s": v for k, v in per_call.items()},
+               **{f"{k}_spread_s": [v["min_s"] / args.calls, v["max_s"] / args.calls] for k, v in stats.items()},
+               **{f"{k}_overhead": v / base_t - 1 for k, v in per_call.items() if k != "unpatched" and not k.startswith("compiled")}}
+        if "compiled_unpatched" in per_call:
+            row["compiled_wplus_overhead"] = per_call["compiled_wplus"] / per_call["compiled_unpatched"] - 1
+            row["compile_speedup"] = base_t / per_call["compiled_unpatched"]
+        row["noise_floor"] = abs(row["outside_window_overhead"])
+        results.append(row)
+        shown = [k for k in row if k.endswith("_overhead")]
+        print(f"unet {size}px batch {b} {dname}: unpatched {base_t*1e3:.2f} ms/call | "
+              + " | ".join(f"{k[:-9]} {row[k]*100:+.2f}%" for k in shown)
+              + f" | noise floor {row['noise_floor']*100:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+COMPILED_CONFIGS = {(512, 2), (512, 8), (256, 2)}
 
 
 def bench_branch(args, device, dtype, results):
@@ -325,16 +364,23 @@ def bench_detect(args, results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes and few rounds")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per variant (default 12 on CUDA, 5 on a CPU)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", default=None, help="e.g. float16,bfloat16 (default: fp32 on CPU, fp16,bf16 on CUDA)")
-    ap.add_argument("--batches", default=None, help="UNet batches, e.g. 1,2,8")
+    ap.add_argument("--batches", default=None, help="batches of the branch section, e.g. 1,2,8")
+    ap.add_argument("--unet-sizes", default=None, help="UNet configs px x batch, e.g. 512x2,512x8 "
+                    "(default: 512x1,512x2,512x8,1024x2 on CUDA, 256x1,256x2 on a CPU)")
+    ap.add_argument("--calls", type=int, default=8, help="UNet calls per timed sample (between two syncs)")
+    ap.add_argument("--compile", default=None, help="also measure under ComfyUI's TorchCompileModel "
+                    "with this backend (inductor on a GPU; eager/aot_eager to check the plumbing)")
     ap.add_argument("--sections", default="unet,branch,node,e4e,align,restore")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if args.rounds is None:
+        args.rounds = 12 if device.type == "cuda" else 5
     if args.quick:
         args.rounds = min(args.rounds, 3)
-    device = torch.device(args.device)
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")] if args.dtypes else \
         ([torch.float32] if device.type == "cpu" else [torch.float16, torch.bfloat16])
     sections = set(args.sections.split(","))

@@ -76,14 +76,28 @@ class _Plan:
             self.A.append(a)
             self.Vb.append(vb)
         self.heads = patch.heads
-        batch = len(rows)
+        self.patch, self.batch, self.chunks, self.hw, self.device, self.dtype = patch, len(rows), chunks, hw, device, dtype
         levels = [(-(-hw[0] // f), -(-hw[1] // f)) for f in (1, 2, 4, 8)]  # the UNet's resolutions
         self.scratch, self.masks = {}, {}
         for h, w in levels:
             for k in set(self.heads):
-                self.scratch[(h * w, k)] = Scratch(batch, h * w, k, device, dtype)
+                self.scratch[(h * w, k)] = Scratch(self.batch, h * w, k, device, dtype)
             if patch.mask is not None:
-                self.masks[h * w] = patch.mask_at(h, w, batch, chunks, device, dtype)
+                self.masks[h * w] = patch.mask_at(h, w, self.batch, chunks, device, dtype)
+
+    def mask_for(self, tokens: int, where: str) -> torch.Tensor:
+        """The mask at a resolution the plan did not foresee (a patch that rescales the latent
+        inside the UNet, such as Kohya's deep shrink): the grid of ``tokens`` with the latent's
+        aspect ratio, made once."""
+        H, W = self.hw
+        h = max(1, round((tokens * H / W) ** 0.5))
+        for hh in (h, h - 1, h + 1):
+            if hh > 0 and tokens % hh == 0:
+                m = self.masks[tokens] = self.patch.mask_at(hh, tokens // hh, self.batch, self.chunks,
+                                                            self.device, self.dtype)
+                return m
+        raise WPlusError(f"ApplyWPlusAdapter: no attention mask for {tokens} image tokens at {where}: "
+                         f"they do not form a grid of the latent's shape {H}x{W}.")
 
 
 class WPlusPatch:
@@ -251,9 +265,9 @@ class SiteAttention:
             if p.mask is not None:
                 mask = plan.masks.get(tokens)
                 if mask is None:
-                    raise WPlusError(f"ApplyWPlusAdapter: no attention mask for {tokens} image tokens "
-                                     f"at {SITES[i].diffusers}; the latent size changed inside the model.")
-            scratch = plan.scratch[(tokens, heads)] if eager else None
+                    mask = plan.mask_for(tokens, SITES[i].diffusers)
+            # no scratch at a resolution the plan did not foresee: the functional form allocates
+            scratch = plan.scratch.get((tokens, heads)) if eager else None
             out = add_branch(out, text_out, plan.A[i], plan.Vb[i], heads, scratch, mask,
                              inplace=n > 0 or own_text)
         return out

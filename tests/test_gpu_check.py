@@ -53,21 +53,22 @@ def test_host_runs_cover_both_hosts_and_both_vram_modes(report):
     hosts = steps(report, "host ")
     configs = {(s["host"], s["mode"]) for s in hosts}
     assert configs == {("0.3.64", "default"), ("0.28.0", "dynamic VRAM (default)"),
-                       ("0.28.0", "--disable-dynamic-vram")}, configs
+                       ("0.28.0", "--disable-dynamic-vram"), ("0.33.0", "dynamic VRAM (default)"),
+                       ("0.33.0", "--disable-dynamic-vram")}, configs
     for s in hosts:
         if s["status"] == "missing":  # no such host on this machine: the report must say so
             assert "not found" in s["detail"]
             continue
         assert s["status"] == "passed", s.get("output_tail")
         names = {t["name"].rsplit("::", 1)[-1]: t for t in s["tests"]}
-        assert {"test_host_runs_where_asked", "test_patched_prediction_equals_reference[1.0]",
+        assert {"test_host_runs_where_asked", "test_patched_prediction_equals_reference[float16-1.0]",
                 "test_invert_and_preview"} <= set(names), names
         state = s["host_state"]
         assert state["device"] == "cpu" and state["dtype"] == s["dtype"] == "float16"
         assert state["comfy_args"] == ("--disable-dynamic-vram" if "disable" in s["mode"] else "")
         assert state["dynamic_vram"] == "False"  # never on a CPU
         # the half-precision comparison ran, with its measured numbers
-        props = names["test_patched_prediction_equals_reference[1.0]"]["properties"]
+        props = names["test_patched_prediction_equals_reference[float16-1.0]"]["properties"]
         assert props["unet_dtype"] == "torch.float16"
         assert float(props["rel_error_vs_reference"]) <= 0.1 * float(props["wplus_effect"])
 
@@ -79,7 +80,10 @@ def test_bench_ran_and_targets_are_reported(report):
     assert {"branch", "align"} <= sections
     assert any(r["section"] == "branch" and r["dtype"] == "float16" for r in bench["bench"]["results"])
     # the GPU targets are named, and not claimed from a CPU run
-    assert set(report["targets"]) == {"wplus_step_overhead_fp16_512px_batch2",
-                                      "wplus_step_overhead_fp16_512px_batch8",
+    assert set(report["targets"]) == {"wplus_overhead_fp16_512px_batch2", "wplus_overhead_fp16_512px_batch8",
+                                      "wplus_not_worse_than_port_512px_batch2",
+                                      "wplus_not_worse_than_port_512px_batch8",
+                                      "compiled_wplus_overhead_fp16_512px_batch2",
+                                      "compiled_wplus_overhead_fp16_512px_batch8",
                                       "e4e_batch8_throughput_vs_batch1_fp16"}
     assert all(t["met"] is None for t in report["targets"].values())

@@ -11,25 +11,56 @@ SD15_UNET = {
 }
 
 
-def random_sd15_patcher(seed=0, std=0.05):
+def init_random_weights(diffusion_model, seed=0, std=None):
+    """Random weights that keep every activation of the UNet in range, in fp16 too.
+
+    ``std=None`` (default): each weight ~ N(0, 1/fan_in) (fan_in = inputs per output: in_channels
+    x kernel area), biases ~ N(0, 0.02), norm scales 1 + N(0, 0.1). A fixed std such as 0.05 makes
+    the 1280-wide layers grow activations by ~sqrt(fan_in)*0.05 per layer, which overflows fp16's
+    65504 within the UNet (measured on an H200: NaN predictions at every fp16 comparison).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in diffusion_model.state_dict(keep_vars=True).items():
+            if p.dim() == 1 and "norm" in name and name.endswith("weight"):
+                value = 1 + torch.randn(p.shape, generator=g) * 0.1
+            elif std is not None:
+                value = torch.randn(p.shape, generator=g) * std
+            elif p.dim() > 1:
+                value = torch.randn(p.shape, generator=g) / (p[0].numel() ** 0.5)
+            else:
+                value = torch.randn(p.shape, generator=g) * 0.02
+            p.copy_(value)
+
+
+def random_sd15_patcher(seed=0, std=None):
     import comfy.model_detection
-    import comfy.model_management
     import comfy.model_patcher
     config = comfy.model_detection.model_config_from_unet_config(dict(SD15_UNET))
     assert type(config).__name__ == "SD15", type(config)
     model = config.get_model({}, "")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.diffusion_model.state_dict(keep_vars=True).items():
-            if p.dim() == 1 and "norm" in name and name.endswith("weight"):
-                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.1)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
+    init_random_weights(model.diffusion_model, seed, std)
     dev = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
 
 
-def loaded_sd15_patcher(seed=0, std=0.05, dtype=None):
+def half_sd15_patcher(dtype, seed=0, std=None):
+    """The same random UNet computing in ``dtype`` (fp16/bf16) on the CPU: weights stored in that
+    type and no manual cast, so every layer runs in true half precision (ComfyUI itself would
+    upcast to float32 on a CPU; this is what an NVIDIA GPU runs)."""
+    import comfy.model_detection
+    import comfy.model_patcher
+    config = comfy.model_detection.model_config_from_unet_config(dict(SD15_UNET))
+    config.set_inference_dtype(dtype, None)
+    model = config.get_model({}, "")
+    init_random_weights(model.diffusion_model, seed, std)
+    model.diffusion_model.to(dtype)
+    assert model.get_dtype() == dtype and model.manual_cast_dtype is None
+    dev = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=dev)
+
+
+def loaded_sd15_patcher(seed=0, std=None, dtype=None):
     """The same random UNet, loaded the way ComfyUI's UNETLoader loads a file: through
     comfy.sd.load_diffusion_model_state_dict, so device, dtype, manual cast and the patcher class
     (ModelPatcherDynamic under 0.28's dynamic VRAM) are ComfyUI's own choices."""
