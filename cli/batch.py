@@ -246,9 +246,11 @@ class Runner:
     def __init__(self, remotes, jobs, out_dir: Path, *, ui=None, depth: int = 2, server_timeout: float = 60.0,
                  max_attempts: int = 3, prompt_timeout: float | None = None, poll_interval: float = 1.0,
                  websocket: bool = True, download_tries: int = 8, retry_delay: float = 1.0,
-                 http_timeout: float = 10.0):
+                 http_timeout: float | None = None):
         self.events: queue.Queue = queue.Queue()
         ping_every = min(5.0, max(0.25, server_timeout / 4))
+        # a poll may take as long as a server may stay silent: a slow server's answers still count
+        http_timeout = http_timeout or max(10.0, server_timeout)
         self.servers = [ServerState(i, r, self.events, poll_interval, ping_every, http_timeout)
                         for i, r in enumerate(remotes)]
         self.jobs = list(jobs)

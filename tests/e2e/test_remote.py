@@ -460,9 +460,11 @@ def _our_pngs(output_dir, photos) -> collections.Counter:
 
 def test_a_server_killed_mid_run_loses_nothing(server, server_b, reference_dir, tmp_path, artifacts):
     """Last test of the module: it kills server B (memory allows two servers here, not three).
-    B is killed just after one of ours started there (not while one is about to finish): that one
-    is lost and runs again on A; every photo has exactly one successful execution (A's /history,
-    and B's read just before the kill, which its output folder confirms)."""
+    B is killed while one of ours runs there, once B has finished one of ours and the run has
+    downloaded every image B finished (a result B finished but nobody fetched dies with B and is
+    rightly run again): the running one is lost and runs again on A, and every photo has exactly
+    one successful execution (A's /history, and B's read just before the kill, which B's output
+    folder confirms)."""
     photos = make_photos(reference_dir, tmp_path / "photos", 6, shift=3)
     uploads = _uploads(photos)
     out = tmp_path / "out"
@@ -470,25 +472,24 @@ def test_a_server_killed_mid_run_loses_nothing(server, server_b, reference_dir, 
     cli = subprocess.Popen(_cli_cmd("--photo", tmp_path / "photos", "--out", out, "--server", server.url,
                                     "--server", server_b.url, *FAST, "--seed", 9, "--server-timeout", 20),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = None
 
-    def just_started():
-        """A prompt of ours running on B that the previous look did not see running, once B has
-        finished one of ours (so that B's /history has something to count)."""
-        nonlocal seen
-        running = {i[1] for i in _queue(server_b)["queue_running"] if _mine(i, uploads)}
-        new, seen = running - (running if seen is None else seen), (seen or set()) | running
-        return bool(new) and any(_photo_of(e["prompt"][2], uploads) and _outcome(e) == "success"
-                                 for e in server_b.get_json("/history", timeout=30).values())
+    def time_to_kill():
+        """B's /history when one of ours runs on B and all it finished of ours is in out/."""
+        if not any(_mine(i, uploads) for i in _queue(server_b)["queue_running"]):
+            return None
+        history = server_b.get_json("/history", timeout=30)
+        done = {_photo_of(e["prompt"][2], uploads) for e in history.values() if _outcome(e) == "success"} - {None}
+        fetched = all((out / (os.path.splitext(photo)[0] + ".png")).exists() for photo in done)
+        return history if done and fetched else None
 
     try:
-        _wait(just_started, 600, "one of our prompts just started on the server to kill", step=0.05)
-        snapshot = server_b.get_json("/history", timeout=30)
+        snapshot = _wait(time_to_kill, 600, "one of ours running on B, B's finished ones downloaded", step=0.1)
         os.killpg(server_b.proc.pid, signal.SIGKILL)  # gone mid-prompt, without a goodbye
         stdout, stderr = cli.communicate(timeout=1200)
     finally:
         if cli.poll() is None:
             cli.kill()
+    print(stdout, stderr)
     assert cli.returncode == 0, stdout + stderr
     assert "stopped answering" in stderr and server_b.url in stderr, stderr
     files = sorted(out.iterdir())
@@ -496,8 +497,8 @@ def test_a_server_killed_mid_run_loses_nothing(server, server_b, reference_dir, 
     _check_images(files)
     runs = executions(photos, (server, server_b), snapshots={server_b.url: snapshot})
     _report(artifacts, "a server killed mid-run", runs, time.monotonic() - t0)
-    assert _successes(runs) == {p.name: 1 for p in photos}, runs
+    assert _successes(runs) == {p.name: 1 for p in photos}, (runs, stdout, stderr)
     b_done = collections.Counter(photo for photo, r in runs.items() for url, kind in r
                                  if url == server_b.url and kind == "success")
-    assert _our_pngs(server_b.output_dir, photos) == b_done, "B finished more than its /history said"
+    assert b_done and _our_pngs(server_b.output_dir, photos) == b_done, "B finished more than its /history said"
     assert "lost with the server" in stdout, stdout  # the summary names the prompt that ran on B when it died
