@@ -389,7 +389,7 @@ def test_a_slow_server_is_kept_and_runs_nothing_twice(server, server_b, proxy_b,
 def test_a_stalled_server_that_recovers_runs_nothing_twice(server, server_b, proxy_b, reference_dir, tmp_path,
                                                            artifacts):
     """B stalls (nothing gets through either way; it goes on executing) while one of ours runs there
-    and one waits: after --server-timeout (3 s) it is given up and both are queued again (on A, and
+    and one waits: after --server-timeout (4 s) it is given up and both are queued again (on A, and
     on B once it is back). When B answers again, what of ours is still there is removed (deleted
     from the queue, or interrupted), or, if it finished there first, that result is used and the
     copy cancelled."""
@@ -399,7 +399,7 @@ def test_a_stalled_server_that_recovers_runs_nothing_twice(server, server_b, pro
     _occupy(out, photos[0])
     t0 = time.monotonic()
     # B first: it gets photos 1 and 3 (one runs, one waits), A photo 2
-    runner, jobs, log, thread = _start_runner(photos, [proxy_b.url, server.url], out, seed=25, server_timeout=3)
+    runner, jobs, log, thread = _start_runner(photos, [proxy_b.url, server.url], out, seed=25, server_timeout=4)
 
     def one_running_one_waiting():
         q = _queue(server_b)
@@ -411,9 +411,8 @@ def test_a_stalled_server_that_recovers_runs_nothing_twice(server, server_b, pro
     proxy_b.recover()
     text = _finish(runner, jobs, log, thread)
     runs = executions(photos, (server, server_b))
-    _report(artifacts, "stalled server that recovers (--server-timeout 3)", runs, time.monotonic() - t0)
-    assert f"{proxy_b.url} stopped answering (nothing heard for" in text, text
-    moved = re.search(r"(\d+) unfinished prompt\(s\) re-queued on the others", text)
+    _report(artifacts, "stalled server that recovers (--server-timeout 4)", runs, time.monotonic() - t0)
+    moved = re.search(re.escape(proxy_b.url) + r" stopped answering \(nothing heard for \d+ s\); (\d+) unfinished", text)
     assert moved and int(moved.group(1)) >= 2, text
     assert "answers again" in text, text
     # each of the two left on B was removed there, or finished there first and was used
