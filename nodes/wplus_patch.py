@@ -38,6 +38,7 @@ from ..wplus_core.latents import check_wplus
 WRAPPER_KEY = "wplus_adapter"
 COMPILE_WRAPPER_KEY = "torch.compile"  # comfy_api.torch_helpers.torch_compile.COMPILE_KEY
 MARKER_PREFIX = "wplus_adapter_structure_"
+PLANS_KEPT = 4  # batch layouts whose plans are kept per patch
 ALWAYS = (999999999.0, 0.0)  # percent_to_sigma(0) and (1): the whole schedule
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
 
@@ -115,6 +116,7 @@ class WPlusPatch:
         self.heads = tuple(heads)
         self.plan: _Plan | None = None
         self._plan_key = None
+        self._plans = {}          # the last few plans: ComfyUI may alternate batch layouts per call
         self._folded = None       # (device, [FoldedSite per site]) over all token rows, float32
         self._window = None       # (model_sampling, sigma_start, sigma_end)
         self._attention = [None] * len(SITES)  # per site: the SiteAttention last put in place
@@ -167,9 +169,14 @@ class WPlusPatch:
             dtype = model.manual_cast_dtype
         key = (tuple(chunks), x.shape[0], tuple(x.shape[-2:]), x.device, dtype)
         if key != self._plan_key:
-            rows = self._rows(chunks, x.shape[0])
-            self.plan = _Plan(self, rows, len(chunks), tuple(x.shape[-2:]), x.device, dtype)
-            self._plan_key = key
+            plan = self._plans.get(key)
+            if plan is None:  # cond and uncond in separate calls (low memory, areas) alternate two
+                rows = self._rows(chunks, x.shape[0])
+                plan = _Plan(self, rows, len(chunks), tuple(x.shape[-2:]), x.device, dtype)
+                if len(self._plans) >= PLANS_KEPT:
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[key] = plan
+            self.plan, self._plan_key = plan, key
 
     def _site_attention(self, i: int, inner) -> "SiteAttention":
         """The attn2 entry of site ``i`` around ``inner``: the same object while ``inner`` is."""

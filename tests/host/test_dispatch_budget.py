@@ -111,3 +111,31 @@ def test_outside_the_window_costs_nothing_but_the_sigma_read(comfy, adapter):
     patched = apply_wplus(base, adapter, torch.randn(1, 18, 512), 1.0, 0.5, 1.0)
     extra, by_op, _ = extra_ops(base, patched)
     assert extra <= 2, by_op
+
+
+def test_cond_and_uncond_in_separate_calls_build_nothing_per_call(comfy, adapter):
+    """ComfyUI runs cond and uncond as separate model calls when they do not fit in one batch (low
+    memory, areas, different ControlNets): the two batch layouts alternate, and each keeps its plan."""
+    from comfyui_wplus_adapter.nodes.wplus_patch import apply_wplus
+    base = random_sd15_patcher()  # called directly (no loader): weights where they are built
+    patched = apply_wplus(base, adapter, torch.randn(1, 18, 512), 1.0, 0.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(LATENT, generator=g), torch.randn(1, 77, 768, generator=g)
+    sigma = torch.full((1,), 5.0)
+
+    def call(model, chunk):
+        options = dict(model.model_options["transformer_options"], wrappers=model.wrappers,
+                       cond_or_uncond=[chunk], sigmas=sigma)
+        return base.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=options)
+
+    with torch.no_grad():
+        for chunk in (0, 1, 0, 1):  # both layouts seen
+            call(patched, chunk)
+        counts = []
+        for model in (base, patched, base, patched):
+            with CountOps() as c:
+                call(model, 1 if len(counts) < 2 else 0)
+            counts.append(sum(c.ops.values()))
+    assert counts[1] - counts[0] <= SITES * PER_SITE and counts[3] - counts[2] <= SITES * PER_SITE, counts
+    patch = patched.wrappers["apply_model"]["wplus_adapter"][0]
+    assert len(patch._plans) == 2
