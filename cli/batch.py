@@ -930,5 +930,12 @@ def summary(jobs, elapsed: float) -> tuple[str, str]:
     return line, block
 
 
+def repeated(line: str) -> str:
+    """The part of a summary line that names prompts executed more than once ("" when none):
+    what ``--quiet`` still prints (on stderr, with the failures)."""
+    head, _, details = line.partition("\n")
+    return ("executed more than once:\n" + details) if details else ""
+
+
 RUN_OUTCOME = {SUCCESS: "finished", FETCHING: "finished", ERROR: "failed", INTERRUPTED: "interrupted",
                LOST: "lost with the server", RUNNING: "still running"}

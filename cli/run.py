@@ -334,6 +334,8 @@ def _run_jobs(remotes, jobs, args, ui, t0, name, local=None) -> int:
     line, failures = batch.summary(jobs, time.monotonic() - t0)
     if not args.quiet:
         print(line, flush=True)
+    elif batch.repeated(line):
+        print(batch.repeated(line), file=sys.stderr, flush=True)
     if failures:
         print("failed:\n" + failures, file=sys.stderr)
         if local is not None and any("stopped answering" in (j.error or "") for j in jobs):

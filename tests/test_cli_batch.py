@@ -421,3 +421,8 @@ def test_summary_counts_executions():
     line, _ = batch.summary([job], 3.0)
     assert line.endswith("2 execution(s), 1 prompt(s) executed more than once:\n"
                          "  p0.jpg: 2 executions (interrupted on http://a:8188, finished on http://a:8188)"), line
+    # --quiet prints only this part (stderr); a run where every prompt ran once has none
+    assert batch.repeated(line) == ("executed more than once:\n"
+                                    "  p0.jpg: 2 executions (interrupted on http://a:8188, finished on http://a:8188)")
+    job.runs = job.runs[1:]
+    assert batch.repeated(batch.summary([job], 3.0)[0]) == ""
