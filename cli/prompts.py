@@ -44,7 +44,7 @@ def workflow_names() -> list[str]:
 
 
 def resolve(value: str | None) -> tuple[str, dict]:
-    """(name, API prompt) for --workflow: a number 1-5, a name or unique part of one, or a file."""
+    """(name, API prompt) for --workflow: a number (1 = the first example workflow), a name or unique part of one, or a file."""
     names = workflow_names()
     if value is None:
         value = names[0]

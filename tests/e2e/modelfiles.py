@@ -47,7 +47,7 @@ PSFRGAN = ("psfrgan", "psfrgan_epoch15_net_G.pth")
 ALL_FILES = (CHECKPOINT, VAE, CONTROLNET, LORA, ADAPTER, ADAPTER_STAGE1, E4E, PARSENET, PSFRGAN)
 
 from tests.host.sd15 import SD15_UNET  # noqa: E402  (one copy of the SD1.5 layout)
-# diffusers names and widths of the 16 SD1.5 transformer blocks (HOST.md table), for LoRA keys
+# diffusers names and widths of the 16 SD1.5 transformer blocks (wplus_core.adapter.SITES), for LoRA keys
 SD15_ATTENTION_BLOCKS = (
     [(f"down_blocks_{b}_attentions_{i}", w) for b, w in ((0, 320), (1, 640), (2, 1280)) for i in range(2)]
     + [(f"up_blocks_{b}_attentions_{i}", w) for b, w in ((1, 1280), (2, 640), (3, 320)) for i in range(3)]

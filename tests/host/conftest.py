@@ -1,4 +1,4 @@
-"""Host tests run against a real ComfyUI checkout (HOST.md): $COMFYUI_PATH, the folder two levels
+"""Host tests run against a real ComfyUI checkout: $COMFYUI_PATH, the folder two levels
 up (pack inside ComfyUI/custom_nodes/<pack>), or ~/comfy/ComfyUI. Without one they skip."""
 import importlib.util
 import os

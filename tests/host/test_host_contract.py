@@ -1,4 +1,4 @@
-"""What the pack relies on in ComfyUI, where 0.28 changed it (HOST.md), on whichever host runs:
+"""What the pack relies on in ComfyUI, where 0.28 changed it, on whichever host runs:
 - LoadImage: 0.28 decodes with PyAV; the IMAGE is still float32 (1,H,W,3) in 0..1, PNGs decode
   exactly as PIL does, JPEGs close to it (the bound the alignment tests allow for);
 - ModelPatcher.clone(): 0.28 shares patch objects instead of deep-copying them, so nothing the pack

@@ -1,6 +1,6 @@
 """Loading ``e4e_ffhq_encode.pt`` and the two things the pack does with it: invert and synthesize.
 
-    e4e = load_e4e("models/wplus/e4e_ffhq_encode.pt", device="cuda", dtype=torch.float16)
+    e4e = load_e4e("models/e4e/e4e_ffhq_encode.pt", device="cuda", dtype=torch.float16)
     w = e4e.invert(images)              # (B,3,256,256) in [-1,1] -> (B,18,512) float32 W+
     img = e4e.synthesize(w, size=256)   # -> (B,3,256,256) float32 in [-1,1] (fast preview)
 
