@@ -89,6 +89,41 @@ def test_folded_branch_in_half_precision(adapter, dtype):
     assert peak >= 4, f"scores only reach {peak:.2f}: the test would not see score rounding"
 
 
+@pytest.mark.parametrize("dtype", HALF, ids=ids)
+@pytest.mark.parametrize("with_scratch", [True, False], ids=["eager", "functional"])
+def test_sampling_path_in_half_precision(adapter, dtype, with_scratch):
+    """What sampling runs (``add_branch``, both its eager form with scratch buffers and the
+    functional form torch.compile traces): the text output plus the branch, the softmax now in the
+    half type too, per batch row as ``FoldedSite.rows`` lays them out, against float64.
+
+    Compared on the branch (output minus the text output it was added to): one more rounding
+    than the folded form above (the softmax output; the sum with the text output is one fused
+    multiply-add), so 8 u still bounds it with room (measured on the 2-core CPU: 2.5 u fp16,
+    2.8 u bf16, the same for both forms)."""
+    from wplus_core.adapter import Scratch, add_branch
+    u = U[dtype]
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.cat([adapter.project(torch.randn(2, 18, 512, generator=g)), adapter.uncond_tokens()])
+    rows = (0, 1, 2)
+    worst = 0.0
+    for s in SITES:
+        sw = adapter.sites[s.block]
+        exact_site = SiteWeights(*(t.double() for t in (sw.to_q, sw.to_k, sw.to_v)))
+        x = torch.randn(3, 64, s.hidden, generator=g)
+        exact = wplus_attention(x.double(), exact_site, tokens.double(), 8) - x.double()
+        A, Vb = FoldedSite(sw, tokens, 8).rows(rows, None, dtype)
+        xh = x.to(dtype)
+        scratch = Scratch(3, 64, 8, None, dtype) if with_scratch else None
+        got = add_branch(xh.clone(), xh, A, Vb, 8, scratch)
+        assert got.dtype == dtype and torch.isfinite(got).all(), s
+        branch = got.double() - xh.double()
+        err = rel_max(branch, exact)
+        worst = max(worst, err / u)
+        assert 0 < err <= 8 * u, (s, err / u)
+    print(f"add_branch {ids(dtype)} {'eager' if with_scratch else 'functional'}: worst {worst:.2f} u")
+    assert worst > 0.1  # measured in u: a few
+
+
 def test_folded_branch_fp16_scores_of_real_magnitude_do_not_overflow(adapter):
     """Large text-attention outputs (|text_out| ~ 100, beyond SD1.5's usual range) give scores of
     several hundred (870 here): far below fp16's 65504, and the float32 softmax keeps them finite."""
