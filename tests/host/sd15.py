@@ -69,3 +69,21 @@ def loaded_sd15_patcher(seed=0, std=None, dtype=None):
     patcher = comfy.sd.load_diffusion_model_state_dict(state, model_options={} if dtype is None else {"dtype": dtype})
     assert patcher is not None and type(patcher.model.model_config).__name__ == "SD15", patcher
     return patcher
+
+
+_shared = {}
+
+
+def shared_sd15_patcher(dtype_name: str = "float32"):
+    """The random SD1.5 UNet (3.4 GB in float32) shared by the whole test session: tests clone it
+    and never change it (ComfyUI restores patched weights when another clone loads); one per test
+    or per module ran a 24 GB machine out of memory beside the e2e servers. On a GPU it is loaded
+    by ComfyUI's own loader in that dtype. Half precision on a CPU (true half computation) is built
+    afresh and freed by its user."""
+    from tests.host import device
+    dtype = getattr(torch, dtype_name)
+    if device.DEVICE == "cpu" and dtype != torch.float32:
+        return half_sd15_patcher(dtype)  # not kept: only the half-precision comparisons use it
+    if dtype_name not in _shared:
+        _shared[dtype_name] = random_sd15_patcher() if device.DEVICE == "cpu" else loaded_sd15_patcher(dtype=dtype)
+    return _shared[dtype_name]

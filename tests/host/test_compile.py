@@ -14,7 +14,8 @@ code generation is exercised by bench.gpu_check on a GPU).
 import pytest
 import torch
 
-from tests.host.sd15 import random_sd15_patcher
+from tests.host import device
+from tests.host.sd15 import random_sd15_patcher, shared_sd15_patcher
 from tests.test_adapter import official_state_dict
 
 LATENT = (1, 4, 8, 8)
@@ -42,7 +43,8 @@ def adapter(pack):
 
 @pytest.fixture(scope="module")
 def base(comfy):
-    return random_sd15_patcher()
+    yield shared_sd15_patcher("float32") if device.DEVICE == "cpu" else random_sd15_patcher()
+    torch._dynamo.reset()  # the compiled graphs hold the model: free them with the module
 
 
 @pytest.fixture(scope="module", autouse=True)

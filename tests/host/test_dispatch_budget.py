@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.host import device
-from tests.host.sd15 import half_sd15_patcher, loaded_sd15_patcher, random_sd15_patcher
+from tests.host.sd15 import random_sd15_patcher, shared_sd15_patcher
 from tests.test_adapter import official_state_dict
 
 SITES = 16
@@ -58,18 +58,16 @@ _plain_counts = {}
 
 
 def extra_ops(base, patched):
-    if id(base) not in _plain_counts:
-        _plain_counts[id(base)] = (base, count(base))  # the patcher kept alive with its id
-    plain, ours = _plain_counts[id(base)][1], count(patched)
+    if id(base) not in _plain_counts:  # the shared UNets live for the whole session
+        _plain_counts[id(base)] = count(base)
+    plain, ours = _plain_counts[id(base)], count(patched)
     diff = collections.Counter(ours)
     diff.subtract(plain)
     return sum(ours.values()) - sum(plain.values()), {k: v for k, v in diff.items() if v}, sum(plain.values())
 
 
 def unet(dtype):
-    if device.DEVICE == "cuda":  # as ComfyUI loads it there (dynamic VRAM on 0.28+)
-        return loaded_sd15_patcher(dtype=dtype)
-    return random_sd15_patcher() if dtype == torch.float32 else half_sd15_patcher(dtype)
+    return shared_sd15_patcher(str(dtype).replace("torch.", ""))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -117,7 +115,7 @@ def test_cond_and_uncond_in_separate_calls_build_nothing_per_call(comfy, adapter
     """ComfyUI runs cond and uncond as separate model calls when they do not fit in one batch (low
     memory, areas, different ControlNets): the two batch layouts alternate, and each keeps its plan."""
     from comfyui_wplus_adapter.nodes.wplus_patch import apply_wplus
-    base = random_sd15_patcher()  # called directly (no loader): weights where they are built
+    base = shared_sd15_patcher("float32") if device.DEVICE == "cpu" else random_sd15_patcher()  # called directly
     patched = apply_wplus(base, adapter, torch.randn(1, 18, 512), 1.0, 0.0, 1.0)
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(LATENT, generator=g), torch.randn(1, 77, 768, generator=g)

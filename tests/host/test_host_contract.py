@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.host.sd15 import random_sd15_patcher
+from tests.host import device
+from tests.host.sd15 import random_sd15_patcher, shared_sd15_patcher
 from tests.test_adapter import official_state_dict
 
 
 @pytest.fixture(scope="module")
 def base(comfy):
-    return random_sd15_patcher(seed=0)
+    return shared_sd15_patcher("float32") if device.DEVICE == "cpu" else random_sd15_patcher(seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.host import device
-from tests.host.sd15 import half_sd15_patcher, loaded_sd15_patcher, random_sd15_patcher
+from tests.host.sd15 import shared_sd15_patcher
 from tests.test_adapter import official_state_dict
 
 LATENT = (1, 4, 8, 8)
@@ -22,13 +22,7 @@ DTYPES = ([device.DTYPE_NAME] if device.DEVICE != "cpu" or "WPLUS_TEST_DTYPE" in
 
 
 def unet(dtype_name):
-    dtype = getattr(torch, dtype_name)
-    if device.DEVICE == "cpu" and dtype == torch.float32:
-        return random_sd15_patcher()
-    if device.DEVICE == "cpu":
-        return half_sd15_patcher(dtype)
-    # on a GPU: ComfyUI's own loader picks device, dtype, cast and patcher class
-    return loaded_sd15_patcher(dtype=dtype)
+    return shared_sd15_patcher(dtype_name)
 
 
 @pytest.fixture(scope="module", params=DTYPES)
