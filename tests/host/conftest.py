@@ -62,3 +62,18 @@ def pack(comfy):
     sys.modules[PACK_NAME] = module
     spec.loader.exec_module(module)
     return module
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Free the session's shared random UNet (tests/host/sd15.py) once the host tests are done, so
+    the tests after them (a GPU-check subprocess with its own UNets) do not pay for it."""
+    here = str(Path(__file__).parent)
+    if nextitem is None or not str(nextitem.fspath).startswith(here):
+        from tests.host import sd15
+        if sd15._shared:
+            sd15._shared.clear()
+            try:
+                import comfy.model_management
+                comfy.model_management.unload_all_models()
+            except Exception:  # nothing loaded, or a host without it: nothing to free
+                pass
