@@ -43,7 +43,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VERSIONS = ("0.3.64", "0.28.0", "0.33.0")
+VERSIONS = ("0.3.64", "0.28.0")  # the default run; --hosts may name 0.33.0 (its own venv needed)
+KNOWN_VERSIONS = VERSIONS + ("0.33.0",)
 GPU_DIR = ROOT / ".gpu"
 
 HOST_TESTS = ["tests/host/test_device.py", "tests/host/test_patch_sampling.py",
@@ -74,13 +75,13 @@ def install_carried_wheels(log) -> str | None:
     return str(site)
 
 
-def find_hosts(hosts_dir: str | None, log) -> dict:
+def find_hosts(hosts_dir: str | None, log, versions=VERSIONS) -> dict:
     """{version: {"root": path, "python": path}} for the hosts found (extracting snapshots)."""
     dirs = [Path(d).expanduser() for d in (hosts_dir, os.environ.get("WPLUS_HOSTS"), "~/.cache/wplus-hosts") if d]
     dirs.append(GPU_DIR / "hosts")
     snapshots = dirs + [ROOT / "shared" / "hosts", ROOT.parent / "shared" / "hosts"]
     found = {}
-    for v in VERSIONS:
+    for v in versions:
         for d in dirs + [GPU_DIR / "extracted"]:
             root = d / f"ComfyUI-{v}"
             if (root / "comfy" / "model_patcher.py").is_file():
@@ -336,7 +337,12 @@ def main(argv=None) -> int:
     report["info"]["carried_site"] = site
     if "numerics" in steps:
         record("numerics", lambda: step_numerics(args.device, args.small))
-    hosts = find_hosts(args.hosts_dir, log) if steps & {"host", "bench"} or args.compile else {}
+    wanted = [v for v in args.hosts.split(",") if v]
+    unknown = [v for v in wanted if v not in KNOWN_VERSIONS]
+    if unknown:
+        log(f"--hosts {','.join(unknown)}: unknown version (known: {', '.join(KNOWN_VERSIONS)})")
+        return 2
+    hosts = find_hosts(args.hosts_dir, log, wanted) if steps & {"host", "bench"} or args.compile else {}
     report["info"]["hosts"] = hosts
     benches = []
     if "bench" in steps:  # before the host runs: the targets are the numbers a short lease must bring
