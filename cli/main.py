@@ -79,7 +79,13 @@ def main(argv=None) -> int:
     p_th.add_argument("--comfyui", type=Path, default=None)
     p_th.add_argument("--photos", type=Path, default=None,
                       help="folder with the workflows' photos (default: ../shared/reference/photos)")
+    p_docs = sub.add_parser("docs", help="check (or --write) the README's model-file table and pyproject's "
+                                         "[[tool.comfy.Models]] against wplus_core/model_files.py")
+    p_docs.add_argument("--write", action="store_true")
     args = ap.parse_args(argv)
+    if args.command == "docs":
+        from . import docs
+        return docs.main(args)
     if args.command == "run":
         return run.main(args)
     if args.command == "thumbnails":

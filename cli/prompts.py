@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from wplus_core import model_files
+
 from . import workflows
 
 PHOTO, PHOTO_B, CONTROL = "photo", "photo_b", "control"
@@ -31,7 +33,7 @@ CONTROLNET_APPLY = ("ControlNetApplyAdvanced", "ControlNetApply", "ControlNetApp
 HEADLESS_DROP = ("PreviewImage", "WPlusSave")  # graph-editor conveniences: not wanted headless
 # --restore: W+ Restore Face (PSFRGAN) between W+ Face Align and W+ e4e Invert, as the reference's -s
 RESTORE_CLASS = "WPlusRestoreFace"
-RESTORE_INPUTS = {"psfrgan_name": "psfrgan_epoch15_net_G.pth", "strength": 1.0, "precision": "auto"}
+RESTORE_INPUTS = {"psfrgan_name": model_files.name_of("psfrgan"), "strength": 1.0, "precision": "auto"}
 
 
 class WorkflowError(ValueError):

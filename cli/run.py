@@ -6,8 +6,8 @@
 Without --server, ComfyUI is started on loopback (a free port, temporary input/output folders, the
 pack loaded through the extra_model_paths YAML) once for all the photos. Before anything starts,
 the model files the workflow names are looked up: when one is missing the command stops at once,
-listing each file, the folder it belongs in and where to get it (--download fetches the official
-W+/e4e files when the network allows). With --server, each server is asked first (GET
+listing each file, the folder it belongs in, its size and licence and where to get it (--download
+fetches them all when the network allows: wplus_core/model_files.py is the one list). With --server, each server is asked first (GET
 /object_info) whether it has the workflow's nodes and files.
 
 Then every photo becomes one prompt (cli/prompts.py fills the API workflow: options left unset
@@ -27,15 +27,12 @@ import time
 import uuid
 from pathlib import Path
 
+from wplus_core import model_files
+
 from . import batch, prompts, workflows
 from .comfy_server import ComfyServer, ServerError, find_comfyui
 
 WORKFLOW = "wplus_1_photo_to_image"  # the default --workflow
-# facexlib weights behind W+ Face Align's options (nodes/face_nodes.py, wplus_core/parsing.py)
-FACEXLIB_FOR_DETECTOR = {"retinaface_resnet50": "detection_Resnet50_Final.pth",
-                         "retinaface_mobile0.25": "detection_mobilenet0.25_Final.pth"}
-FACEXLIB_FOR_PARSER = {"parsenet": "parsing_parsenet.pth", "bisenet": "parsing_bisenet.pth"}
-
 
 def add_arguments(ap) -> None:
     names = ", ".join(f"{i} {n}" for i, n in enumerate(prompts.workflow_names(), 1))
@@ -60,7 +57,8 @@ def add_arguments(ap) -> None:
     o = ap.add_argument_group("options (unset = the workflow's own value)")
     o.add_argument("--negative", default=None, help="negative prompt")
     o.add_argument("--checkpoint", default=None, help=f"SD1.5 checkpoint file name (workflows: {workflows.CHECKPOINT})")
-    o.add_argument("--adapter", default=None, help="W+ adapter file, e.g. wplus_adapter_stage1.bin for stage-1 close-ups")
+    o.add_argument("--adapter", default=None,
+                   help=f"W+ adapter file, e.g. {workflows.ADAPTER_STAGE1} for stage-1 close-ups")
     o.add_argument("--vae", default=None, help="VAE file name in models/vae (workflows 1 and 4 load one)")
     o.add_argument("--weight", type=float, default=None, help="identity strength")
     o.add_argument("--start-at", type=float, default=None, help="identity joins at this fraction of the steps")
@@ -76,7 +74,7 @@ def add_arguments(ap) -> None:
     o.add_argument("--no-freeu", action="store_true", help="bypass FreeU")
     o.add_argument("--restore", type=float, nargs="?", const=1.0, default=None, metavar="STRENGTH",
                    help="restore blurry or small faces with PSFRGAN before inversion (the reference's -s; "
-                        "strength 0..1, default 1); downloads psfrgan_epoch15_net_G.pth on first use")
+                        f"strength 0..1, default 1); downloads {workflows.PSFRGAN} on first use")
     o.add_argument("--direction", default=None, help="W+ Edit direction, e.g. interfacegan/age (workflows 2, 4)")
     o.add_argument("--strengths", default=None, help="W+ Edit strengths, e.g. '-3, 0, 3': one image each (workflows 2, 4)")
     o.add_argument("--mix", type=float, default=None, help="interpolation weight: 0 = photo, 1 = photo B (workflow 3)")
@@ -95,7 +93,9 @@ def add_arguments(ap) -> None:
                    help="models folder with checkpoints/ wplus/ e4e/ facexlib/ (default: ComfyUI's models/)")
     l.add_argument("--cpu", action="store_true", help="run ComfyUI with --cpu")
     l.add_argument("--download", action="store_true",
-                   help="download missing official W+ files (wplus_adapter.bin, e4e, facexlib) first")
+                   help="download every missing file the workflow needs first (checkpoint, VAE, ControlNet, "
+                        "W+ adapter, e4e, facexlib and dlib models: wplus_core/model_files.py), after printing "
+                        "each one's size and licence")
     l.add_argument("--keep", action="store_true", help="keep ComfyUI's temporary folder and log")
 
 
@@ -115,22 +115,8 @@ def prepare_prompt(prompt: dict, args, image_name: str | None = None) -> dict:
 
 
 def required_files(prompt: dict) -> list[tuple[str, str]]:
-    """(models folder, file name) of every model file the prompt loads."""
-    need = []
-    for node in prompt.values():
-        spec = workflows.MODEL_INPUTS.get(node["class_type"])
-        if spec and isinstance(node["inputs"].get(spec[0]), str):
-            need.append((spec[1], node["inputs"][spec[0]]))
-        if node["class_type"] == "WPlusFaceAlign":
-            det = FACEXLIB_FOR_DETECTOR.get(node["inputs"].get("detector"))
-            if det:
-                need.append(("facexlib", det))
-            if node["inputs"].get("remove_background"):
-                need.append(("facexlib", FACEXLIB_FOR_PARSER.get(node["inputs"].get("parser"), "parsing_parsenet.pth")))
-        if node["class_type"] == prompts.RESTORE_CLASS:  # W+ Restore Face: its generator and ParseNet
-            need += [("psfrgan", node["inputs"].get("psfrgan_name", prompts.RESTORE_INPUTS["psfrgan_name"])),
-                     ("facexlib", "parsing_parsenet.pth")]
-    return list(dict.fromkeys(need))
+    """(models folder, file name) of every model file the prompt loads (wplus_core/model_files.py)."""
+    return model_files.files_for_prompt(prompt)
 
 
 def model_roots(comfyui: Path, models: Path | None) -> list[Path]:
@@ -138,12 +124,17 @@ def model_roots(comfyui: Path, models: Path | None) -> list[Path]:
     return roots + [comfyui / "models"]
 
 
+def folder_path(base: Path, folder: str) -> Path:
+    """The sub-folder of a models folder that holds ``folder``'s files (models/wplus/directions...)."""
+    sub = model_files.FOLDERS.get(folder, (folder,))[0]
+    return base.joinpath(*sub.split("/"))
+
+
 def locate(roots, folder, name) -> Path | None:
     for root in roots:
-        for sub in ({"wplus_directions": "wplus/directions"}.get(folder, folder),):
-            p = root / sub / name
-            if p.is_file():
-                return p
+        p = folder_path(root, folder) / name
+        if p.is_file():
+            return p
     return None
 
 
@@ -156,26 +147,49 @@ def report_missing(missing, comfyui, models) -> str:
     base = models or comfyui / "models"
     lines = ["Missing model files (nothing was started):"]
     for folder, name in missing:
-        known = workflows.model_url(name)
-        url = known[1] if known else "(your own file: pick one you have with the matching option)"
-        lines.append(f"  {name}\n      folder: {base / folder}\n      get it: {url}")
-    lines.append("The W+ files are under the NTU S-Lab License 1.0 (non-commercial use). "
-                 "--download fetches the official W+/e4e/facexlib files when the network allows.")
+        known = model_files.by_name(name)
+        if known:
+            lines.append(f"  {name} ({known.approx_size}, licence: {known.licence})\n"
+                         f"      folder: {folder_path(base, folder)}\n      get it: {known.url}")
+        else:
+            lines.append(f"  {name}\n      folder: {folder_path(base, folder)}\n"
+                         "      get it: (your own file: pick one you have with the matching option)")
+    if any(model_files.by_name(name) for _, name in missing):
+        lines.append("--download fetches the files listed with a URL (sizes and licences above; the W+ files are "
+                     "under the NTU S-Lab License 1.0, non-commercial use).")
     return "\n".join(lines)
 
 
-def download(missing, comfyui, models) -> list[tuple[str, str]]:
-    """Fetch the files wplus_core.download knows; returns what is still missing."""
-    from wplus_core.download import KNOWN_FILES, ensure_known_file
+def download(missing, comfyui, models, quiet: bool = False) -> list[tuple[str, str]]:
+    """Fetch every missing file the table of model files knows (size and licence printed first, then
+    progress; sha256-checked where one is published; written atomically); returns what is still missing."""
+    from wplus_core.download import ensure_known_file
     base = models or comfyui / "models"
-    left = []
-    for folder, name in missing:
-        if name not in KNOWN_FILES:
-            left.append((folder, name))
-            continue
-        print(f"downloading {name} -> {base / folder}", flush=True)
-        ensure_known_file(str(base / folder), name)
+    known = [(folder, name) for folder, name in missing if model_files.by_name(name)]
+    left = [(folder, name) for folder, name in missing if not model_files.by_name(name)]
+    if known:
+        print("downloading:", flush=True)
+        for folder, name in known:
+            f = model_files.by_name(name)
+            print(f"  {name}  {f.approx_size}  licence: {f.licence}  -> {folder_path(base, folder)}", flush=True)
+    for folder, name in known:
+        ensure_known_file(str(folder_path(base, folder)), name, progress=None if quiet else _progress_printer(name))
     return left
+
+
+def _progress_printer(name: str):
+    """A download progress(done, total) that redraws one line on stderr, at most every 1 %."""
+    last = [-1]
+
+    def progress(done, total):
+        step = int(100 * done / total) if total else done >> 20
+        if step != last[0] or (total and done == total):
+            last[0] = step
+            shown = f"{step:3d} % of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+            end = "\n" if total and done == total else ""
+            print(f"\r  {name}: {shown}", end=end, file=sys.stderr, flush=True)
+
+    return progress
 
 
 def free_path(path: Path) -> Path:
@@ -294,9 +308,10 @@ def main(args) -> int:
     missing = missing_files(template, comfyui, models)
     if missing and args.download:
         try:
-            missing = download(missing, comfyui, models)
+            missing = download(missing, comfyui, models, quiet=args.quiet)
         except Exception as e:  # WPlusError from the downloader: already says file, folder, URL
             print(f"download failed: {e}", file=sys.stderr)
+            missing = missing_files(template, comfyui, models)  # what did arrive is kept
     if missing:
         print(report_missing(missing, comfyui, models), file=sys.stderr)
         return 3

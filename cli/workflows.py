@@ -18,37 +18,24 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wplus_core import model_files
+
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "example_workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the reference's negative prompt
-CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
-# the VAE the official notebooks decode with (diffusers' stabilityai/sd-vae-ft-mse); this is the same
-# network as a single .safetensors file, the one ComfyUI's VAELoader reads
-VAE = "vae-ft-mse-840000-ema-pruned.safetensors"
-# where the frontend's missing-model dialog sends users (node properties "models"); the W+ files
-# come from wplus_core.download.KNOWN_FILES
-HF = "https://huggingface.co"
-MODEL_URLS = {
-    CHECKPOINT: ("checkpoints", f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/{CHECKPOINT}"),
-    VAE: ("vae", f"{HF}/stabilityai/sd-vae-ft-mse-original/resolve/main/{VAE}"),
-    "control_v11p_sd15_openpose_fp16.safetensors": (
-        "controlnet", f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
-                      "control_v11p_sd15_openpose_fp16.safetensors"),
-}
+# the files the workflows load: wplus_core/model_files.py says where each comes from (the frontend's
+# missing-model dialog sends users there: node properties "models")
+CHECKPOINT = model_files.name_of("sd15")
+VAE = model_files.name_of("vae_ft_mse")  # the sd-vae-ft-mse VAE the official notebooks decode with
+OPENPOSE = model_files.name_of("openpose")
+ADAPTER, ADAPTER_STAGE1 = model_files.name_of("wplus_adapter"), model_files.name_of("wplus_adapter_stage1")
+E4E, PSFRGAN = model_files.name_of("e4e"), model_files.name_of("psfrgan")
 # Core nodes whose display name differs between supported ComfyUI versions get one fixed title, so
 # the committed files are the same whichever host generated them (0.28 renamed LoraLoader's).
 HOST_INDEPENDENT_TITLES = {"LoraLoader": "Load LoRA"}
 
-MODEL_INPUTS = {  # loader node -> (widget, models folder)
-    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
-    "VAELoader": ("vae_name", "vae"),
-    "ControlNetLoader": ("control_net_name", "controlnet"),
-    "LoraLoader": ("lora_name", "loras"),
-    "WPlusAdapterLoader": ("adapter_name", "wplus"),
-    "WPlusE4ELoader": ("e4e_name", "e4e"),
-    "WPlusRestoreFace": ("psfrgan_name", "psfrgan"),
-}
+MODEL_INPUTS = model_files.LOADERS  # loader node -> (widget, models folder)
 BYPASS = 4  # LiteGraph's node mode "bypass": in the UI file, left out of the API twin (Ctrl+B toggles it)
 # The official notebooks' sampling, in ComfyUI's terms (tests/host/test_reference_schedules.py
 # compares the sigmas with diffusers' schedulers):
@@ -70,16 +57,8 @@ FACE, MODEL, IMAGE = "Face → W+", "Model + W+ adapter", "Prompt → image"
 
 def model_url(filename: str):
     """(folder, url) of a file the workflows name, or None (e.g. a user's LoRA)."""
-    if filename in MODEL_URLS:
-        return MODEL_URLS[filename]
-    try:
-        from wplus_core.download import KNOWN_FILES
-    except ImportError:
-        return None
-    if filename in KNOWN_FILES:
-        folder = next((f for f in ("e4e", "wplus", "psfrgan") if filename.startswith(f)), "facexlib")
-        return folder, KNOWN_FILES[filename][0]
-    return None
+    known = model_files.by_name(filename)
+    return (known.folder, known.url) if known else None
 
 
 @dataclass
@@ -106,7 +85,7 @@ class Spec:
     nodes: list
 
 
-def _adapter_chain(first_id, *, photo="wild_1.jpg", adapter="wplus_adapter.bin", weight=1.0, model=L(1, 0),
+def _adapter_chain(first_id, *, photo="wild_1.jpg", adapter=ADAPTER, weight=1.0, model=L(1, 0),
                    edit=None, align_size="512", start_at=0.2):
     """Photo -> align -> e4e -> [edit] -> adapter applied to ``model``. Returns (nodes, ids)."""
     i = first_id
@@ -115,7 +94,7 @@ def _adapter_chain(first_id, *, photo="wild_1.jpg", adapter="wplus_adapter.bin",
     nodes = [
         N(ids["photo"], "LoadImage", {"image": photo}, "Photo", FACE),
         N(ids["align"], "WPlusFaceAlign", {"image": L(ids["photo"]), "size": align_size}, group=FACE),
-        N(ids["e4e"], "WPlusE4ELoader", {"e4e_name": "e4e_ffhq_encode.pt"}, group=FACE),
+        N(ids["e4e"], "WPlusE4ELoader", {"e4e_name": E4E}, group=FACE),
         N(ids["invert"], "WPlusE4EInvert", {"e4e_model": L(ids["e4e"]), "image": L(ids["align"], 0),
                                             "background_mask": L(ids["align"], 1)}, group=FACE),
         N(ids["adapter"], "WPlusAdapterLoader", {"adapter_name": adapter}, group=MODEL),
@@ -163,7 +142,7 @@ def _photo_to_image() -> Spec:
     chain, c = _adapter_chain(2)
     nodes += chain
     # the reference's -s restoration of low-quality faces, ready but bypassed (Ctrl+B turns it on)
-    nodes.append(N(16, "WPlusRestoreFace", {"image": L(c["align"], 0), "psfrgan_name": "psfrgan_epoch15_net_G.pth",
+    nodes.append(N(16, "WPlusRestoreFace", {"image": L(c["align"], 0), "psfrgan_name": PSFRGAN,
                                             "strength": 1.0}, group=FACE, mode=BYPASS))
     next(n for n in chain if n.id == c["invert"]).inputs["image"] = L(16)
     nodes.append(N(8, "FreeU", {"model": L(c["apply"]), **FREEU}, group=MODEL))
@@ -187,10 +166,10 @@ def _photo_to_image() -> Spec:
         "- Save W+ writes the latent to output/wplus/ so Load W+ can reuse it without the photo.\n"
         "- Blurry, small or compressed photo? Select **W+ Restore Face (PSFRGAN)** (bypassed) and press "
         "Ctrl+B: the face is restored before inversion, the reference's `-s` option "
-        "(`psfrgan_epoch15_net_G.pth`, models/psfrgan, downloaded on first use).\n\n"
-        "Models: any SD1.5 checkpoint in models/checkpoints; `vae-ft-mse-840000-ema-pruned.safetensors` "
-        "in models/vae (the page offers the download); `wplus_adapter.bin` (models/wplus) and "
-        "`e4e_ffhq_encode.pt` (models/e4e) are downloaded on first use. Weights: NTU S-Lab License 1.0 "
+        f"(`{PSFRGAN}`, models/psfrgan, downloaded on first use).\n\n"
+        f"Models: any SD1.5 checkpoint in models/checkpoints; `{VAE}` "
+        f"in models/vae (the page offers the download); `{ADAPTER}` (models/wplus) and "
+        f"`{E4E}` (models/e4e) are downloaded on first use. Weights: NTU S-Lab License 1.0 "
         "(non-commercial)."), nodes)
 
 
@@ -244,7 +223,7 @@ def _interpolation() -> Spec:
 def _stage1_closeup() -> Spec:
     nodes = [N(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, group=MODEL),
              N(9, "VAELoader", {"vae_name": VAE}, "VAE (sd-vae-ft-mse)", MODEL)]
-    chain, c = _adapter_chain(2, adapter="wplus_adapter_stage1.bin", weight=0.8, start_at=0.0,
+    chain, c = _adapter_chain(2, adapter=ADAPTER_STAGE1, weight=0.8, start_at=0.0,
                               edit={"direction": "interfacegan/age", "strengths": "-3, 0, 3",
                                     "layer_start": -1, "layer_end": -1, "mode": "relative"})
     nodes += chain
@@ -254,13 +233,13 @@ def _stage1_closeup() -> Spec:
     nodes += samp
     return Spec("wplus_4_stage1_closeup_edits", (
         "## W+ Adapter: stage-1 face close-ups with edits (the paper's settings)\n"
-        "The stage-1 adapter (`wplus_adapter_stage1.bin`) was trained on aligned face crops: it makes "
+        f"The stage-1 adapter (`{ADAPTER_STAGE1}`) was trained on aligned face crops: it makes "
         "FFHQ-like close-ups. W+ Edit gives three ages (-3, 0, +3) in one batch with the same noise.\n\n"
         "**The paper's settings** (official notebook `test_demo_stage1.ipynb`): weight 0.8 from the "
         "first step (start_at 0: that notebook has no delayed conditioning); sampler **ddim** with the "
         "**ddim_uniform** scheduler (= diffusers' DDIMScheduler, steps_offset 1), 50 steps, CFG 7.5; "
         "FreeU b1 1.1, b2 1.2, s1 0.6, s2 0.4; the reference negative prompt; the **sd-vae-ft-mse** VAE "
-        "(`vae-ft-mse-840000-ema-pruned.safetensors` in models/vae; the page offers the download)."), nodes)
+        f"(`{VAE}` in models/vae; the page offers the download)."), nodes)
 
 
 def _controlnet_lora() -> Spec:
@@ -273,7 +252,7 @@ def _controlnet_lora() -> Spec:
     chain, c = _adapter_chain(3, model=L(2, 0))
     nodes += chain
     nodes += [
-        N(30, "ControlNetLoader", {"control_net_name": "control_v11p_sd15_openpose_fp16.safetensors"}, group=pose),
+        N(30, "ControlNetLoader", {"control_net_name": OPENPOSE}, group=pose),
         N(31, "LoadImage", {"image": "pose_1.png"}, "OpenPose skeleton", pose),
         N(32, "ControlNetApplyAdvanced", {"positive": L(10), "negative": L(11), "control_net": L(30),
                                           "image": L(31), "strength": 1.0, "start_percent": 0.0,
@@ -335,7 +314,7 @@ def _weight_sweep_identity() -> Spec:
         "**Best first** shows the images sorted by that distance; the **Identity report** lists each "
         "image (0 = the first weight) with its distance, or 'no face found'.\n\n"
         "Change the weights, or sweep start_at the same way. Needs dlib (README) and "
-        "`dlib_face_recognition_resnet_model_v1.dat` in models/dlib (downloaded on first use)."), nodes)
+        f"`{model_files.name_of('dlib_recogniser')}` in models/dlib (downloaded on first use)."), nodes)
 
 
 SPECS = [_photo_to_image(), _smile_sweep(), _interpolation(), _stage1_closeup(), _controlnet_lora(),

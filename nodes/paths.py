@@ -1,8 +1,8 @@
 """Model folders of the pack, registered with ComfyUI's folder_paths, and weight resolution.
 
-Folders: models/wplus (adapters), models/e4e, models/psfrgan (face restoration), models/facexlib,
-models/wplus/directions. Entries that extra_model_paths.yaml already added are kept; ours are
-appended.
+The folders and their extensions are wplus_core.model_files.FOLDERS (models/wplus, models/e4e,
+models/psfrgan, models/facexlib, models/dlib, models/wplus/directions, models/wplus/latents).
+Entries that extra_model_paths.yaml already added are kept; ours are appended.
 """
 from __future__ import annotations
 
@@ -10,24 +10,15 @@ import os
 
 import folder_paths
 
+from ..wplus_core import model_files
 from ..wplus_core.errors import WPlusError
 
-WEIGHT_EXTS = {".bin", ".pt", ".pth", ".safetensors"}
-DIRECTION_EXTS = {".pt", ".pth", ".npy", ".safetensors"}
-FOLDERS = {  # folder_paths name -> (sub-folder of models/, extensions, official files offered for download)
-    "wplus": ("wplus", WEIGHT_EXTS, ("wplus_adapter.bin", "wplus_adapter_stage1.bin")),
-    "e4e": ("e4e", WEIGHT_EXTS, ("e4e_ffhq_encode.pt",)),
-    "psfrgan": ("psfrgan", WEIGHT_EXTS, ("psfrgan_epoch15_net_G.pth",)),
-    "facexlib": ("facexlib", {".pth"}, ()),
-    "dlib": ("dlib", {".dat"}, ()),  # the 68-point predictor, CNN detector, face recogniser
-    "wplus_directions": (os.path.join("wplus", "directions"), DIRECTION_EXTS, ()),
-    "wplus_latents": (os.path.join("wplus", "latents"), {".safetensors", ".pt", ".pth", ".npy"}, ()),
-}
+FOLDERS = model_files.FOLDERS
 
 
 def register_folders() -> None:
-    for name, (sub, exts, _) in FOLDERS.items():
-        path = os.path.join(folder_paths.models_dir, sub)
+    for name, (sub, exts) in FOLDERS.items():
+        path = os.path.join(folder_paths.models_dir, *sub.split("/"))
         entry = folder_paths.folder_names_and_paths.get(name)
         if entry is None:
             folder_paths.folder_names_and_paths[name] = ([path], set(exts))
@@ -79,7 +70,7 @@ def own_files(name: str) -> list[str]:
 def choices(name: str) -> list[str]:
     """Files of this kind present in its folders, plus the official ones (downloaded when picked)."""
     present = own_files(name)
-    official = [f for f in FOLDERS[name][2] if f not in present]
+    official = [f for f in model_files.offered(name) if f not in present]
     return sorted(present) + official
 
 
@@ -92,8 +83,8 @@ def resolve(name: str, filename: str) -> str:
     path = folder_paths.get_full_path(name, filename)
     if path is not None:
         return path
-    from ..wplus_core.download import KNOWN_FILES
-    if filename in KNOWN_FILES:
+    known = model_files.by_name(filename)
+    if known is not None and known.folder == name:
         return download(name, filename)
     raise WPlusError(f"'{filename}' was not found in the {name} model folders "
                      f"({', '.join(folder_paths.get_folder_paths(name))}). Put it there and refresh.")

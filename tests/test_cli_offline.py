@@ -75,7 +75,7 @@ def test_required_and_missing_files(tmp_path):
     for folder, name in missing:
         assert name in text and str(models / folder) in text
     assert "https://github.com/csxmli2016/w-plus-adapter/releases/download/v1/wplus_adapter.bin" in text
-    assert workflows.MODEL_URLS[workflows.CHECKPOINT][1] in text
+    assert workflows.model_url(workflows.CHECKPOINT)[1] in text
 
 
 def test_free_path_never_overwrites(tmp_path):

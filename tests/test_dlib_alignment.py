@@ -11,7 +11,7 @@ import pytest
 from packaging.requirements import Requirement
 from PIL import Image
 
-from wplus_core import download
+from wplus_core import download, model_files
 from wplus_core.alignment import align_face, ffhq_quad, landmarks_to_five
 from wplus_core.detection import DETECTORS, init_detection_model
 from wplus_core.detection import dlib_landmarks as dl
@@ -182,7 +182,7 @@ def test_model_lookup_folder_then_package_then_download(dlib, tmp_path, monkeypa
     empty = tmp_path / "empty"
     with pytest.raises(WPlusError) as e:
         dl.model_path(dl.CNN_FILE, empty)
-    url = download.KNOWN_FILES[dl.CNN_FILE][0]
+    url = model_files.by_name(dl.CNN_FILE).url
     assert dl.CNN_FILE in str(e.value) and str(empty) in str(e.value) and url in str(e.value)
     assert url.startswith("https://github.com/csxmli2016/w-plus-adapter/releases/download/v1/")
 
@@ -192,12 +192,13 @@ def test_known_dlib_files_are_the_packaged_ones():
     if package is None:
         pytest.skip("face-recognition-models is not installed")
     for name in (dl.PREDICTOR_FILE, dl.CNN_FILE, dl.RECOGNISER_FILE):
-        url, sha, size = download.KNOWN_FILES[name]
+        known = model_files.by_name(name)
+        sha, size = known.sha256, known.size
         path = os.path.join(package, name)
         assert os.path.getsize(path) == size
         with open(path, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == sha
-    assert download.KNOWN_FILES[dl.PREDICTOR_FILE][0].endswith("shape_predictor_68_face_landmarks-fbdc2cb8.dat")
+    assert model_files.by_name(dl.PREDICTOR_FILE).url.endswith("shape_predictor_68_face_landmarks-fbdc2cb8.dat")
 
 
 def test_without_dlib_a_clear_error(monkeypatch):

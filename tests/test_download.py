@@ -9,7 +9,8 @@ import pytest
 
 from loopback import serve
 from wplus_core import download
-from wplus_core.download import KNOWN_FILES, ensure_file, ensure_known_file
+from wplus_core import model_files
+from wplus_core.download import ensure_file, ensure_known_file
 from wplus_core.errors import WPlusError
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)  # > 1 chunk so progress is called several times
@@ -147,7 +148,8 @@ def test_known_files_registry(tmp_path, monkeypatch):
     for name in ("detection_Resnet50_Final.pth", "detection_mobilenet0.25_Final.pth",
                  "parsing_parsenet.pth", "parsing_bisenet.pth", "wplus_adapter.bin",
                  "wplus_adapter_stage1.bin", "e4e_ffhq_encode.pt"):
-        url, sha, size = KNOWN_FILES[name]
+        known = model_files.by_name(name)
+        url, sha, size = known.url, known.sha256, known.size
         assert url.startswith("https://github.com/") and url.endswith("/" + name)
         assert sha is None or (len(sha) == 64 and int(sha, 16) >= 0)
         assert size is None or size > 0

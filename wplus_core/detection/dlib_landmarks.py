@@ -32,7 +32,7 @@ predicted on the full-resolution photo.
 
 Model files (``model_path``): the pack's model folder first, then the ``face-recognition-models``
 package if installed (it ships the same files; it is located, never imported: its
-``__init__`` needs pkg_resources), else a download on first use (``download.KNOWN_FILES``:
+``__init__`` needs pkg_resources), else a download on first use (``model_files.FILES``:
 sha256-checked, atomic, progress, offline message naming file, folder and URL).
 """
 from __future__ import annotations
@@ -45,15 +45,16 @@ import cv2
 import numpy as np
 
 from ..errors import WPlusError
+from ..model_files import name_of
 from . import Face, FaceDetector, _to_rgb_uint8
 
 __all__ = ["PREDICTOR_FILE", "CNN_FILE", "RECOGNISER_FILE", "DlibFaceDetector", "dlib_status",
            "import_dlib", "model_path", "package_model_dir", "retinaface_to_dlib_box",
            "predict_68", "INSTALL_HINT"]
 
-PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
-CNN_FILE = "mmod_human_face_detector.dat"
-RECOGNISER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+PREDICTOR_FILE = name_of("dlib_68")
+CNN_FILE = name_of("dlib_cnn")
+RECOGNISER_FILE = name_of("dlib_recogniser")
 
 INSTALL_HINT = ("pip install dlib-bin (prebuilt wheels for Linux x86_64, Windows and macOS 14+ on "
                 "Apple Silicon); elsewhere pip install dlib (builds it; needs CMake and a C++ "

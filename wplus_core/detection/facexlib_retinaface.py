@@ -16,10 +16,11 @@ import torch
 
 from ..checkpoints import check_state_dict, read_weights
 from ..errors import WPlusError
+from ..model_files import name_of
 from . import FaceDetector
 
-FILES = {"retinaface_resnet50": ("resnet50", "detection_Resnet50_Final.pth"),
-         "retinaface_mobile0.25": ("mobile0.25", "detection_mobilenet0.25_Final.pth")}
+FILES = {name: (network, name_of(name))  # detector option -> (facexlib network, weights file)
+         for name, network in (("retinaface_resnet50", "resnet50"), ("retinaface_mobile0.25", "mobile0.25"))}
 
 
 def _other_backbone(state) -> str:
