@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import read_weights
+from .checkpoints import describe, read_weights, require_kind
 from .errors import WPlusError
 from .latents import TOKEN_GROUPS, check_wplus
 
@@ -105,19 +105,17 @@ class WPlusAdapter:
 # ----------------------------------------------------------------------------- loading
 
 def _split_sections(sd: dict, source: str) -> tuple[dict, dict]:
+    require_kind(sd, "wplus_adapter", source, "the official wplus_adapter.bin or wplus_adapter_stage1.bin "
+                 "(sections w_proj and wplus_adapter, for SD1.5)")
     if "w_proj" in sd and "wplus_adapter" in sd:
         return dict(sd["w_proj"]), dict(sd["wplus_adapter"])
-    keys = list(sd.keys())
-    if any(k.startswith("w_proj.") for k in keys):
+    if any(k.startswith("w_proj.") for k in sd):
         proj = {k[len("w_proj."):]: v for k, v in sd.items() if k.startswith("w_proj.")}
         ada = {k[len("wplus_adapter."):]: v for k, v in sd.items() if k.startswith("wplus_adapter.")}
         return proj, ada
-    if "image_proj" in sd or "ip_adapter" in sd or any(k.startswith(("image_proj.", "ip_adapter.")) for k in keys):
-        raise WPlusError(f"'{source}' is an IP-Adapter file, not a W+ adapter. Load it with an "
-                         "IP-Adapter node; for W+ use wplus_adapter.bin or wplus_adapter_stage1.bin.")
-    shown = ", ".join(map(str, keys[:6])) + (" ..." if len(keys) > 6 else "")
+    said = describe(sd, "wplus_adapter")
     raise WPlusError(f"'{source}' is not a W+ adapter file: expected the sections 'w_proj' and "
-                     f"'wplus_adapter' (wplus_adapter.bin layout), found keys: {shown}")
+                     f"'wplus_adapter' (wplus_adapter.bin layout).{' ' + said if said else ''}")
 
 
 def load_wplus_adapter(path_or_state_dict) -> WPlusAdapter:
@@ -131,8 +129,6 @@ def load_wplus_adapter(path_or_state_dict) -> WPlusAdapter:
         sd = read_weights(source, "W+ adapter file")
     else:
         source, sd = "<state dict>", path_or_state_dict
-    if not isinstance(sd, dict):
-        raise WPlusError(f"'{source}' does not hold a dict of weights (found {type(sd).__name__}).")
     proj_sd, site_sd = _split_sections(sd, source)
 
     width = proj_sd.get("norm.weight")

@@ -1,6 +1,9 @@
-"""Safe reading of weight files: torch pickles with ``weights_only=True``, or safetensors.
+"""Safe reading of weight files, and recognising what a checkpoint is from its keys.
 
-Never unpickles arbitrary code; every failure becomes a WPlusError naming the file.
+Files are read as torch pickles with ``weights_only=True``, or safetensors: never arbitrary code.
+``identify`` names the kind of a loaded checkpoint from the table in ``checkpoint_kinds`` (spandrel
+style); every loader calls ``require_kind`` first, so a file of another kind is refused with one
+message, the same whichever loader got it. Every failure becomes a WPlusError naming the file.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import zipfile
 
 import torch
 
+from .checkpoint_kinds import KINDS, Kind
 from .errors import WPlusError
 
 
@@ -55,10 +59,68 @@ def _first_sentence(e: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# ----------------------------------------------------------------------------- recognition
+
+def flat_keys(ckpt) -> dict:
+    """The entries a checkpoint's kind is recognised by: a ``module.`` prefix dropped, a
+    ``state_dict`` wrapper opened, and each nested section both as itself and as ``section.key``."""
+    flat = {}
+    if not isinstance(ckpt, dict):
+        return flat
+    for key, value in ckpt.items():
+        key = str(key).removeprefix("module.")
+        if key == "state_dict" and isinstance(value, dict):
+            flat.update({str(k).removeprefix("module."): v for k, v in value.items()})
+            continue
+        flat[key] = value
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+    return flat
+
+
+def identify(ckpt) -> Kind | None:
+    """The first kind of ``checkpoint_kinds.KINDS`` whose keys the checkpoint has, or None."""
+    keys = set(flat_keys(ckpt))
+    return next((kind for kind in KINDS if kind.match(keys)), None)
+
+
+def kind_named(name: str) -> Kind:
+    return next(kind for kind in KINDS if kind.name == name)
+
+
+def describe(ckpt, wanted: str | None = None) -> str:
+    """One sentence on what a checkpoint is: its kind and where it belongs, or what it holds.
+    For a checkpoint of the ``wanted`` kind only what its shapes tell is said ("" if nothing)."""
+    if not isinstance(ckpt, dict):
+        return f"It holds a {type(ckpt).__name__}, not a dict of weights."
+    kind = identify(ckpt)
+    if kind is not None:
+        note = kind.note(flat_keys(ckpt))
+        if kind.name == wanted:
+            return f"It is {kind.title}{note}." if note else ""
+        return f"It is {kind.title}{note}: {kind.home}."
+    keys = sorted(map(str, ckpt))
+    return f"Its keys start with: {', '.join(keys[:5]) or 'nothing'}{', ...' if len(keys) > 5 else ''}."
+
+
+def require_kind(ckpt, wanted: str, path: str, expected: str) -> Kind | None:
+    """Refuse what is not a dict, or is a checkpoint of another kind than ``wanted`` (one message
+    for every loader). Returns the wanted kind when recognised, None for unknown keys (the loader's
+    own key check then says what differs)."""
+    kind = identify(ckpt)
+    if not isinstance(ckpt, dict) or (kind is not None and kind.name != wanted):
+        raise WPlusError(f"'{path}' is not {kind_named(wanted).title}. {describe(ckpt)} "
+                         f"Expected {expected}.")
+    return kind
+
+
+# ----------------------------------------------------------------------------- strict checks
+
 def check_state_dict(state, expected: dict, path: str, what: str, hint=None) -> dict:
     """Validate a flat state dict against a module's ``state_dict()`` (keys and shapes), dropping
-    a ``module.`` prefix (DataParallel saves). ``hint(state) -> str`` may say what the file is
-    instead. Returns the cleaned dict; a WPlusError names the file and the difference otherwise."""
+    a ``module.`` prefix (DataParallel saves). When the keys differ, a file the registry knows as
+    another kind than ``expected``'s is named (``describe``); otherwise ``hint(state) -> str`` may
+    say what it is. Returns the cleaned dict; a WPlusError names the file and the difference."""
     if not isinstance(state, dict) or not state or \
             not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WPlusError(f"'{path}' is not a {what} state dict (expected a flat dict of tensors)")
@@ -66,7 +128,11 @@ def check_state_dict(state, expected: dict, path: str, what: str, hint=None) -> 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        extra = hint(state) if hint else ""
+        found = identify(state)
+        if found is not None and found != identify(expected):
+            extra = " " + describe(state)
+        else:
+            extra = hint(state) if hint else ""
         raise WPlusError(
             f"'{path}' is not a {what} checkpoint: {len(missing)} expected keys missing "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}).{extra} "

@@ -24,8 +24,9 @@ ReLU 0.2) and the gamma/beta convs. The module names below ARE the checkpoint's 
 Spectral norm is kept as stored: each conv holds ``weight_orig``, ``bias``, ``weight_u`` and
 ``weight_v`` and uses ``weight_orig / (u . (W v))`` with the stored vectors, which is what torch's
 spectral norm computes in eval mode (no power iteration at inference). Files are read with
-``weights_only=True`` (or safetensors) and matched key for key and shape for shape; anything else
-is refused with a WPlusError naming the file and what it looks like instead.
+``weights_only=True`` (or safetensors), recognised from their keys (``checkpoints.identify``) and
+matched key for key and shape for shape; anything else is refused with a WPlusError naming the file
+and what it is instead.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import read_weights
+from .checkpoints import describe, read_weights, require_kind
 from .errors import WPlusError
 
 __all__ = ["PSFRGAN", "PSFRGenerator", "load_psfrgan", "parse_onehot", "PSFRGAN_FILE", "RESTORE_SIZE",
@@ -158,38 +159,14 @@ def _expected_state() -> dict:
         return PSFRGenerator().state_dict()
 
 
-def _describe_foreign(state) -> str:
-    """What a file that is not the PSFRGAN generator looks like, from its keys."""
-    if not isinstance(state, dict):
-        return f" It holds a {type(state).__name__}, not a dict of weights."
-    keys = {str(k).removeprefix("module.") for k in state}
-    if {"w_proj", "wplus_adapter"} & keys:
-        return " It is a W+ adapter file (wplus_adapter.bin): load it with W+ Adapter Loader."
-    if any(k.startswith("out_mask_conv.") for k in keys):
-        return (" It is PSFRGAN's face-parsing net (ParseNet: parse_multi_iter_90000.pth or facexlib's "
-                "parsing_parsenet.pth), not its generator; the parser belongs in models/facexlib.")
-    if "latent_avg" in keys or any(k.startswith(("encoder.", "decoder.")) for k in keys):
-        return " It is an e4e checkpoint (e4e_ffhq_encode.pt): load it with W+ e4e Loader."
-    if {"params_ema", "params"} & keys:
-        return (" It is a BasicSR-style face-restoration file (GFPGAN, CodeFormer, RestoreFormer...), "
-                "which needs a face-restoration pack of its own.")
-    if any(k.startswith("model.diffusion_model.") for k in keys):
-        return " It is a Stable Diffusion checkpoint."
-    if any(k.startswith(("head.", "body.")) and k.endswith(".weight") for k in keys) and \
-            not any(k.endswith(".weight_orig") for k in keys):
-        return (" Its convolutions have plain 'weight' keys: it is a PSFRGAN saved without spectral norm "
-                "(or with it removed), while the official file keeps weight_orig/weight_u/weight_v.")
-    shown = ", ".join(sorted(keys)[:5]) or "nothing"
-    return f" Its keys start with: {shown}{', ...' if len(keys) > 5 else ''}."
-
-
 def _split_tensors(state, name: str) -> dict:
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict) and \
-            not any(isinstance(v, torch.Tensor) for v in state.values()):
+    require_kind(state, "psfrgan", name, EXPECTED)  # another kind of file (or no dict) is refused here
+    if isinstance(state.get("state_dict"), dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         state = state["state_dict"]  # a wrapped save of the same weights
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        said = describe(state, "psfrgan")
         raise WPlusError(f"{WHAT} file '{name}' is not a PSFRGAN generator state dict (a flat dict of "
-                         f"tensors).{_describe_foreign(state)} Expected {EXPECTED}.")
+                         f"tensors). {said + ' ' if said else ''}Expected {EXPECTED}.")
     return state
 
 
@@ -290,9 +267,10 @@ def load_psfrgan(path_or_state_dict, device=None, dtype=None) -> PSFRGAN:
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
+        said = describe(state, "psfrgan")  # e.g. saved without spectral norm
         raise WPlusError(f"{WHAT} file '{name}' is not the PSFRGAN generator: {len(missing)} of its "
                          f"{len(expected)} keys missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                         f"(e.g. {unexpected[:3]}).{_describe_foreign(state)} Expected {EXPECTED}.")
+                         f"(e.g. {unexpected[:3]}). {said + ' ' if said else ''}Expected {EXPECTED}.")
     wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items()
              if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:

@@ -7,19 +7,19 @@
 Accepted inputs: the official file (``torch.save({'state_dict': {encoder.*, decoder.*},
 'latent_avg': (18,512), 'opts': {...}})``, read with ``weights_only=True``), a ``.safetensors``
 holding the same ``encoder.*``/``decoder.*`` keys plus ``latent_avg``, or such a dict already in
-memory. The file is recognised from its keys (spandrel style) and loaded with ``strict=True``;
-anything else raises a WPlusError naming the file and saying what it looks like instead.
+memory. The file is recognised from its keys (``checkpoints.identify``, spandrel style) and loaded
+with ``strict=True``; anything else raises a WPlusError naming the file and saying what it is.
 """
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import read_weights
+from ..checkpoint_kinds import indices, stylegan_size
+from ..checkpoints import describe, read_weights, require_kind
 from ..errors import WPlusError
 from .encoder import Encoder4Editing
 from .stylegan2 import Generator
@@ -109,34 +109,12 @@ class E4E(nn.Module):
         return image.float().clamp_(-1.0, 1.0)
 
 
-def _indices(keys, prefix: str) -> set[int]:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return {int(m.group(1)) for k in keys if (m := pattern.match(k))}
-
-
-def _describe_foreign(keys: list[str]) -> str:
-    """A hint of what a non-e4e dict is, from its keys."""
-    ks = set(keys)
-    if {"w_proj", "wplus_adapter"} & ks or any(k.startswith(("w_proj.", "wplus_adapter.")) for k in ks):
-        return "it is a W+ adapter file (wplus_adapter.bin): load it with the W+ adapter loader"
-    if any(k.startswith("model.diffusion_model.") for k in ks):
-        return "it is a Stable Diffusion checkpoint"
-    if {"g_ema", "g", "d"} & ks:
-        return "it is a StyleGAN2 training checkpoint (g/d/g_ema), without an e4e encoder"
-    if any(k.startswith(("input_layer.", "body.", "styles.")) for k in ks):
-        return "it holds a bare encoder state dict, without the decoder and latent_avg"
-    shown = ", ".join(sorted(ks)[:5]) or "nothing"
-    return f"its top-level keys are: {shown}{', ...' if len(ks) > 5 else ''}"
-
-
 def split_e4e_checkpoint(ckpt, name: str = "<state dict>"):
     """Check a loaded checkpoint and split it: (encoder_sd, decoder_sd, latent_avg (18,512), opts).
 
     Raises WPlusError for anything that is not the official e4e FFHQ encode checkpoint.
     """
-    if not isinstance(ckpt, dict):
-        raise WPlusError(f"{WHAT} '{name}' holds a {type(ckpt).__name__}, not a dict of weights; "
-                         f"expected {EXPECTED}.")
+    require_kind(ckpt, "e4e", name, EXPECTED)  # another kind of file (or no dict) is refused here
     nested = isinstance(ckpt.get("state_dict"), dict)
     sd = ckpt["state_dict"] if nested else ckpt
     opts = ckpt.get("opts") if nested else None
@@ -149,8 +127,9 @@ def split_e4e_checkpoint(ckpt, name: str = "<state dict>"):
     enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
     dec = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")}
     if not enc and not dec:
-        raise WPlusError(f"{WHAT} '{name}' is not an e4e checkpoint ({_describe_foreign(list(ckpt if nested else keys))}); "
-                         f"expected {EXPECTED}.")
+        said = describe(ckpt, "e4e")
+        raise WPlusError(f"{WHAT} '{name}' is not an e4e checkpoint: it has no encoder.*/decoder.* "
+                         f"weights. {said + ' ' if said else ''}Expected {EXPECTED}.")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WPlusError(f"{WHAT} '{name}': entries {bad[:3]} are not tensors; expected {EXPECTED}.")
@@ -162,9 +141,8 @@ def split_e4e_checkpoint(ckpt, name: str = "<state dict>"):
             "e4e's Encoder4Editing (a pSp GradualStyleEncoder has the same keys but computes W+ "
             f"differently, so its latents would be wrong for the W+ adapter); expected {EXPECTED}.")
     # sizes from the keys (spandrel style), then refuse what the W+ adapter cannot use
-    n_rgbs = len(_indices(dec, "to_rgbs."))
-    n_styles = len(_indices(enc, "styles."))
-    gen_size = 2 ** (n_rgbs + 2) if n_rgbs else None
+    n_styles = len(indices(enc, "styles."))
+    gen_size = stylegan_size(dec)
     stated = opts.get("stylegan_size")
     if (gen_size and gen_size != STYLEGAN_SIZE) or stated not in (None, STYLEGAN_SIZE):
         raise WPlusError(
