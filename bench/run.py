@@ -34,6 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from bench import pack  # noqa: E402
+
+pack.register()  # one copy of the pack: `wplus_core` is comfyui_wplus_adapter.wplus_core (bench/pack.py)
 
 
 def sync(device):
@@ -66,23 +69,16 @@ def alternate(variants: dict, rounds: int, device, warmup: int = 1) -> dict:
 # ----------------------------------------------------------------------------- UNet step
 
 def load_comfy():
-    from host.conftest import COMFYUI, PACK_NAME, PACK_ROOT  # same discovery as the host tests
+    from host.conftest import COMFYUI  # same discovery as the host tests
     if COMFYUI is None:
         return None
     sys.path.insert(0, str(COMFYUI))
-    import importlib.util
     import comfy.options
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
     comfy.cli_args.args.cpu = not torch.cuda.is_available()
     comfy.cli_args.args.use_pytorch_cross_attention = True  # what a GPU runs; one graph under torch.compile
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK_NAME, PACK_ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(PACK_ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[PACK_NAME]
+    return pack.load_nodes()
 
 
 class NaiveSite:
@@ -90,7 +86,7 @@ class NaiveSite:
 
     def __init__(self, site, cond, uncond, weight):
         import comfy.ldm.modules.attention
-        from comfyui_wplus_adapter.wplus_core.adapter import wplus_attention
+        from wplus_core.adapter import wplus_attention
         self.site, self.cond, self.uncond, self.weight = site, cond, uncond, weight
         self.attention, self.wplus_attention = comfy.ldm.modules.attention.optimized_attention, wplus_attention
 
@@ -128,7 +124,7 @@ def bench_unet(args, device, dtype, results):
     from host.sd15 import random_sd15_patcher
     from test_adapter import official_state_dict
     from comfyui_wplus_adapter.nodes.wplus_patch import apply_wplus
-    from comfyui_wplus_adapter.wplus_core.adapter import SITES, load_wplus_adapter
+    from wplus_core.adapter import SITES, load_wplus_adapter
 
     base = random_sd15_patcher()  # fan-in scaled: finite in fp16
     base.model.to(device, dtype)
@@ -236,7 +232,7 @@ def bench_node(args, device, results):
         return
     from host.sd15 import random_sd15_patcher
     from test_adapter import official_state_dict
-    from comfyui_wplus_adapter.wplus_core.adapter import load_wplus_adapter
+    from wplus_core.adapter import load_wplus_adapter
     node = pack.NODE_CLASS_MAPPINGS["ApplyWPlusAdapter"]()
     base = random_sd15_patcher()
     adapter = load_wplus_adapter(official_state_dict())
