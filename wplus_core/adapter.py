@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .checkpoints import describe, read_weights, require_kind
 from .errors import WPlusError
 from .latents import TOKEN_GROUPS, check_wplus
+from .model_files import name_of
 
 CROSS_DIM = 768  # SD1.5 text width; the adapter's keys/values read 768-wide tokens
 
@@ -105,8 +106,8 @@ class WPlusAdapter:
 # ----------------------------------------------------------------------------- loading
 
 def _split_sections(sd: dict, source: str) -> tuple[dict, dict]:
-    require_kind(sd, "wplus_adapter", source, "the official wplus_adapter.bin or wplus_adapter_stage1.bin "
-                 "(sections w_proj and wplus_adapter, for SD1.5)")
+    require_kind(sd, "wplus_adapter", source, f"the official {name_of('wplus_adapter')} or "
+                 f"{name_of('wplus_adapter_stage1')} (sections w_proj and wplus_adapter, for SD1.5)")
     if "w_proj" in sd and "wplus_adapter" in sd:
         return dict(sd["w_proj"]), dict(sd["wplus_adapter"])
     if any(k.startswith("w_proj.") for k in sd):
@@ -115,7 +116,7 @@ def _split_sections(sd: dict, source: str) -> tuple[dict, dict]:
         return proj, ada
     said = describe(sd, "wplus_adapter")
     raise WPlusError(f"'{source}' is not a W+ adapter file: expected the sections 'w_proj' and "
-                     f"'wplus_adapter' (wplus_adapter.bin layout).{' ' + said if said else ''}")
+                     f"'wplus_adapter' ({name_of('wplus_adapter')} layout).{' ' + said if said else ''}")
 
 
 def load_wplus_adapter(path_or_state_dict) -> WPlusAdapter:

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from .model_files import name_of
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -61,7 +63,7 @@ def _psfrgan_note(flat: dict) -> str:
 
 KINDS: tuple[Kind, ...] = (
     # stage 1 and stage 2 share one layout: the keys cannot tell them apart
-    Kind("wplus_adapter", "a W+ adapter file (wplus_adapter.bin or wplus_adapter_stage1.bin)",
+    Kind("wplus_adapter", f"a W+ adapter file ({name_of('wplus_adapter')} or {name_of('wplus_adapter_stage1')})",
          "load it with W+ Adapter Loader (models/wplus)",
          lambda ks: bool({"w_proj", "wplus_adapter"} & ks) or _prefixed(ks, "w_proj.", "wplus_adapter."),
          _adapter_note),
@@ -69,28 +71,28 @@ KINDS: tuple[Kind, ...] = (
          lambda ks: bool({"image_proj", "ip_adapter"} & ks) or _prefixed(ks, "image_proj.", "ip_adapter.")),
     # ParseNet has encoder.*/decoder.* keys too: it comes before e4e
     Kind("parsenet", "PSFRGAN's face-parsing net (ParseNet: parse_multi_iter_90000.pth or facexlib's "
-         "parsing_parsenet.pth)", "the parser belongs in models/facexlib (the parsenet parser)",
+         f"{name_of('parsenet')})", "the parser belongs in models/facexlib (the parsenet parser)",
          lambda ks: _prefixed(ks, "out_mask_conv.")),
-    Kind("bisenet", "a bisenet checkpoint (facexlib's BiSeNet face parser, parsing_bisenet.pth)",
+    Kind("bisenet", f"a bisenet checkpoint (facexlib's BiSeNet face parser, {name_of('bisenet')})",
          "choose the bisenet parser for it (models/facexlib)",
          lambda ks: _prefixed(ks, "cp.") and _prefixed(ks, "ffm.")),
     Kind("retinaface_resnet50", "a RetinaFace face detector with the resnet50 backbone "
-         "(detection_Resnet50_Final.pth)", "choose the retinaface_resnet50 detector for it (models/facexlib)",
+         f"({name_of('retinaface_resnet50')})", "choose the retinaface_resnet50 detector for it (models/facexlib)",
          lambda ks: _prefixed(ks, "BboxHead.", "ClassHead.") and "body.conv1.weight" in ks),
     Kind("retinaface_mobile0.25", "a RetinaFace face detector with the mobilenet0.25 backbone "
-         "(detection_mobilenet0.25_Final.pth)", "choose the retinaface_mobile0.25 detector for it "
+         f"({name_of('retinaface_mobile0.25')})", "choose the retinaface_mobile0.25 detector for it "
          "(models/facexlib)",
          lambda ks: _prefixed(ks, "BboxHead.", "ClassHead.") and _prefixed(ks, "body.stage1.")),
-    Kind("psfrgan", "a PSFRGAN generator (psfrgan_epoch15_net_G.pth)",
+    Kind("psfrgan", f"a PSFRGAN generator ({name_of('psfrgan')})",
          "load it with W+ Restore Face (PSFRGAN) (models/psfrgan)",
          lambda ks: "const_input" in ks and _prefixed(ks, "head.", "img_out."), _psfrgan_note),
-    Kind("e4e", "an e4e checkpoint (e4e_ffhq_encode.pt)", "load it with W+ e4e Loader (models/e4e)",
+    Kind("e4e", f"an e4e checkpoint ({name_of('e4e')})", "load it with W+ e4e Loader (models/e4e)",
          lambda ks: "latent_avg" in ks or _prefixed(ks, "encoder.", "decoder."), _e4e_note),
     Kind("e4e_encoder", "a bare e4e/pSp encoder state dict, without the StyleGAN2 decoder and latent_avg",
-         "W+ e4e Loader needs the whole e4e_ffhq_encode.pt (models/e4e)",
+         f"W+ e4e Loader needs the whole {name_of('e4e')} (models/e4e)",
          lambda ks: _prefixed(ks, "input_layer.") and _prefixed(ks, "styles.", "output_layer")),
     Kind("stylegan2", "a StyleGAN2 training checkpoint (g/d/g_ema), without an e4e encoder",
-         "W+ e4e Loader needs e4e_ffhq_encode.pt, which holds the encoder and this generator (models/e4e)",
+         f"W+ e4e Loader needs {name_of('e4e')}, which holds the encoder and this generator (models/e4e)",
          lambda ks: bool({"g_ema", "g", "d"} & ks)),
     Kind("basicsr", "a BasicSR-style face-restoration file (GFPGAN, CodeFormer, RestoreFormer...)",
          "it needs a face-restoration pack of its own",
