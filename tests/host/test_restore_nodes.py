@@ -55,7 +55,8 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.utils
-    from comfyui_wplus_adapter.nodes import restore_nodes
+    from comfyui_wplus_adapter.nodes import model_holder, restore_nodes
+    from comfyui_wplus_adapter.wplus_core.restoration import PSFRGAN
 
     aligned = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="512", **ALIGN)[0]
     (out,) = nodes["WPlusRestoreFace"]().restore(aligned, "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
@@ -64,10 +65,12 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     assert (out - aligned).abs().mean() > 0.02  # random weights: something else than the input
 
     # the generator is a ModelPatcher that ComfyUI loaded, kept for the next run
-    (patcher,) = restore_nodes._loaded.values()
+    patcher = restore_nodes.restorer_patcher("psfrgan_epoch15_net_G.pth", "fp32")
     assert isinstance(patcher, comfy.model_patcher.ModelPatcher)
     assert any(m.model is patcher for m in mm.current_loaded_models)
-    assert patcher.model.psfrgan.device == mm.get_torch_device()
+    assert patcher.model.held.device == mm.get_torch_device()
+    kept = [p for p in model_holder.patchers.values() if isinstance(p.model.held, PSFRGAN)]
+    assert kept == [patcher]
 
     # two faces of another crop size in one batch, half strength, with the progress bar per face
     left = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="256", **ALIGN)[0]
@@ -84,7 +87,8 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     assert not torch.allclose(half[0], half[1]) and (half - faces).abs().mean() > 0.01
     restored = 2 * half - faces  # what strength 1 would give
     assert float(restored.min()) > -1e-4 and float(restored.max()) < 1 + 1e-4
-    assert len(restore_nodes._loaded) == 1  # the same generator was reused
+    # the same generator was reused
+    assert [p for p in model_holder.patchers.values() if isinstance(p.model.held, PSFRGAN)] == [patcher]
 
     # strength 0: the faces unchanged, nothing run
     (same,) = nodes["WPlusRestoreFace"]().restore(faces, "psfrgan_epoch15_net_G.pth", 0.0, "fp32")
