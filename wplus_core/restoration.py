@@ -38,11 +38,12 @@ from torch import nn
 
 from .checkpoints import describe, read_weights, require_kind
 from .errors import WPlusError
+from .model_files import name_of
 
 __all__ = ["PSFRGAN", "PSFRGenerator", "load_psfrgan", "parse_onehot", "PSFRGAN_FILE", "RESTORE_SIZE",
            "PARSE_CHANNELS"]
 
-PSFRGAN_FILE = "psfrgan_epoch15_net_G.pth"
+PSFRGAN_FILE = name_of("psfrgan")
 RESTORE_SIZE = 512
 PARSE_CHANNELS = 19
 MIN_FEAT = 16

@@ -21,6 +21,7 @@ from torch import nn
 from ..checkpoint_kinds import indices, stylegan_size
 from ..checkpoints import describe, read_weights, require_kind
 from ..errors import WPlusError
+from ..model_files import name_of
 from .encoder import Encoder4Editing
 from .stylegan2 import Generator
 
@@ -30,7 +31,7 @@ E4E_INPUT_SIZE = 256
 N_STYLES = 18
 STYLEGAN_SIZE = 1024
 WHAT = "e4e checkpoint"
-EXPECTED = ("the official e4e_ffhq_encode.pt (Encoder4Editing IR-SE-50 encoder + StyleGAN2 "
+EXPECTED = (f"the official {name_of('e4e')} (Encoder4Editing IR-SE-50 encoder + StyleGAN2 "
             "1024 px FFHQ generator + latent_avg), from the w-plus-adapter v1 release")
 
 
