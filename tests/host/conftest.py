@@ -64,6 +64,40 @@ def pack(comfy):
     return module
 
 
+@pytest.fixture(scope="session")
+def pack_nodes(pack) -> dict:
+    """{node id: node class}, the way ComfyUI collects them: V1 mappings, or a V3 extension's
+    ``comfy_entrypoint()`` -> ``get_node_list()``."""
+    return node_classes(pack)
+
+
+def node_classes(pack) -> dict:
+    if hasattr(pack, "NODE_CLASS_MAPPINGS"):
+        return dict(pack.NODE_CLASS_MAPPINGS)
+    import asyncio
+
+    async def collect():
+        extension = await pack.comfy_entrypoint()
+        return await extension.get_node_list()
+
+    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(collect())}
+
+
+@pytest.fixture(scope="session")
+def object_info_of_pack(pack_nodes) -> dict:
+    """What GET /object_info reports for each of the pack's nodes (server.py's node_info)."""
+    out = {}
+    for key, cls in pack_nodes.items():
+        if hasattr(cls, "GET_NODE_INFO_V1"):
+            out[key] = cls.GET_NODE_INFO_V1()
+            continue
+        spec = cls.INPUT_TYPES()
+        out[key] = {"input": spec, "input_order": {k: list(v) for k, v in spec.items()},
+                    "output": list(cls.RETURN_TYPES), "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+                    "output_is_list": list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES)))}
+    return out
+
+
 def pytest_runtest_teardown(item, nextitem):
     """Free the session's shared random UNet (tests/host/sd15.py) once the host tests are done, so
     the tests after them (a GPU-check subprocess with its own UNets) do not pay for it."""
