@@ -132,6 +132,21 @@ class WPlusPatch:
         sigma = t.tolist()[0]     # one host read per model call, none per layer
         return s_end <= sigma <= s_start
 
+    def release(self, *_args) -> None:
+        """Drop what lives on the UNet's device (folded branches, plans, masks, scratch): called
+        when ComfyUI unloads or offloads the patched model ("Unload Models", low VRAM), so the
+        identity's tensors leave VRAM with the UNet's weights; the next call rebuilds them."""
+        self.plan, self._plan_key, self._plans, self._folded = None, None, {}, None
+        self._attention = [None] * len(SITES)
+
+    def device_tensors(self) -> list:
+        """Every tensor the patch keeps on a device between calls (tests: nothing after unload)."""
+        out = [] if self._folded is None else [t for f in self._folded[1] for t in (f.A, f.Vb)]
+        for plan in self._plans.values():
+            out += plan.A + plan.Vb + list(plan.masks.values())
+            out += [t for s in plan.scratch.values() for t in (s.s4, s.p4)]
+        return out
+
     # -- which token row each batch row uses
     def _rows(self, chunks, batch: int) -> tuple:
         per = batch // len(chunks)
@@ -305,4 +320,6 @@ def apply_wplus(model, adapter: WPlusAdapter, wplus: torch.Tensor, weight: float
     patch = WPlusPatch(adapter, tokens, adapter.uncond_tokens(), weight, start_at, end_at, mask,
                        heads=site_heads(m))
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, patch)
+    # the identity's device tensors follow the UNet out of VRAM (ModelPatcher.detach runs this)
+    m.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_DETACH, WRAPPER_KEY, patch.release)
     return m

@@ -229,3 +229,32 @@ def test_one_precision_policy(pack):
     assert model_holder.dtype_for("auto", torch.device("cpu")) == torch.float32
     with pytest.raises(ValueError):
         model_holder.dtype_for("fp8")
+
+
+def test_unload_models_frees_the_identity_tensors_of_a_patched_model(pack):
+    """W+ Apply Adapter keeps per-identity tensors on the UNet's device between calls (folded
+    branches, plans, masks, scratch); ComfyUI's unload of the patched model drops them."""
+    import importlib
+
+    import comfy.model_management as mm
+    from comfy.patcher_extension import WrappersMP
+
+    from tests.host.sd15 import shared_sd15_patcher
+    patch_mod = importlib.import_module(pack.__name__ + ".nodes.wplus_patch")
+    adapter_mod = importlib.import_module(pack.__name__ + ".wplus_core.adapter")
+    adapter = adapter_mod.load_wplus_adapter(official_state_dict())
+    torch.manual_seed(0)
+    patched = patch_mod.apply_wplus(shared_sd15_patcher(), adapter, torch.randn(1, 18, 512), 1.0, 0.0, 1.0,
+                                    mask=torch.ones(1, 64, 64))
+    (patch,) = patched.wrappers[WrappersMP.APPLY_MODEL][patch_mod.WRAPPER_KEY]
+    mm.load_models_gpu([patched])
+    x = torch.zeros(2, 4, 8, 8, device=mm.get_torch_device())
+    patch._prepare(patched.model, x, [0, 1])  # what the first sampling call builds
+    kept = patch.device_tensors()
+    assert kept and patch.plan is not None
+    assert any(patched is m.model for m in mm.current_loaded_models)
+    mm.unload_all_models()
+    assert not any(patched is m.model for m in mm.current_loaded_models)
+    assert patch.device_tensors() == [] and patch.plan is None
+    patch._prepare(patched.model, x, [0, 1])  # the next call rebuilds what it needs
+    assert len(patch.device_tensors()) == len(kept)
