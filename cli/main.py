@@ -1,4 +1,4 @@
-"""Argument parsing and dispatch of the pack's commands (run, workflows, thumbnails)."""
+"""Argument parsing and dispatch of the pack's commands (run, workflows, blueprints, thumbnails, docs)."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +43,18 @@ def _workflows(args) -> int:
     return 1 if stale and not args.write else 0
 
 
+def _blueprints(args) -> int:
+    from . import blueprints
+    info = {}
+    rc = _with_server(args, lambda server: info.update(server.get_json("/object_info")))
+    if rc:
+        return rc
+    stale = blueprints.write_all(info, check_only=not args.write)
+    for name in stale:
+        print(("wrote " if args.write else "out of date: ") + name)
+    return 1 if stale and not args.write else 0
+
+
 def _thumbnails(args) -> int:
     import shutil
     from . import browser, workflows
@@ -74,6 +86,10 @@ def main(argv=None) -> int:
     p_wf = sub.add_parser("workflows", help="check (or --write) example_workflows/ against cli/workflows.py")
     p_wf.add_argument("--comfyui", type=Path, default=None)
     p_wf.add_argument("--write", action="store_true")
+    p_bp = sub.add_parser("blueprints", help="check (or --write) the subgraph blueprints in subgraphs/ against "
+                                             "cli/blueprints.py (ComfyUI 0.28+ lists them in the node library)")
+    p_bp.add_argument("--comfyui", type=Path, default=None)
+    p_bp.add_argument("--write", action="store_true")
     p_th = sub.add_parser("thumbnails", help="write example_workflows/<name>.jpg and web/docs/images/workflow_*.jpg "
                                              "(needs playwright + /usr/bin/chromium)")
     p_th.add_argument("--comfyui", type=Path, default=None)
@@ -90,4 +106,6 @@ def main(argv=None) -> int:
         return run.main(args)
     if args.command == "thumbnails":
         return _thumbnails(args)
+    if args.command == "blueprints":
+        return _blueprints(args)
     return _workflows(args)
