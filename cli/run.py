@@ -131,11 +131,14 @@ def folder_path(base: Path, folder: str) -> Path:
 
 
 def locate(roots, folder, name) -> Path | None:
+    """The file in one of the models folders, or where a package ships it (dlib's models come with
+    face-recognition-models, where W+ Face Align and W+ Identity Score find them too)."""
     for root in roots:
         p = folder_path(root, folder) / name
         if p.is_file():
             return p
-    return None
+    packaged = model_files.packaged_path(name)
+    return Path(packaged) if packaged else None
 
 
 def missing_files(prompt, comfyui, models):

@@ -22,10 +22,13 @@ archives, by their zip structure, then by strict key/shape loading.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
 
 __all__ = ["ModelFile", "Need", "FILES", "FOLDERS", "LOADERS", "name_of", "by_name",
-           "files_for_prompt", "offered", "readme_table", "pyproject_models"]
+           "files_for_prompt", "offered", "package_model_dir", "packaged_path", "readme_table",
+           "pyproject_models"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ModelFile:
     source: str          # link text for the README
     needed_by: tuple[Need, ...] = field(default=())
     pack: bool = True    # False: a host model (checkpoint, VAE, ControlNet) only the workflows name
+    package: str | None = None  # a pip package that ships the same file in its models/ folder
 
     @property
     def url(self) -> str:
@@ -106,10 +110,14 @@ _ALIGN = "WPlusFaceAlign"
 _DLIB_DETECTORS = ("dlib_hog", "dlib_cnn")
 
 
-def _f(key, name, folder, url, sha256, size, approx, licence, purpose, source, needed_by=(), pack=True):
+def _f(key, name, folder, url, sha256, size, approx, licence, purpose, source, needed_by=(), pack=True,
+       package=None):
     """One entry; ``{name}`` in the URL stands for the file name, so the name is written once."""
     return key, ModelFile(name, folder, (url.format(name=name),), sha256, size, approx, licence, purpose,
-                          source, tuple(needed_by), pack)
+                          source, tuple(needed_by), pack, package)
+
+
+_DLIB_MODELS = "face_recognition_models"  # ships dlib's three models (the same files, same sha256)
 
 
 FILES: dict[str, ModelFile] = dict([
@@ -135,16 +143,16 @@ FILES: dict[str, ModelFile] = dict([
        "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f", 99693937, "95 MB",
        "dlib's model, trained on iBUG 300-W: non-commercial use only",
        "dlib's 68 landmarks: the reference alignment", "W+ release v1 (or face-recognition-models)",
-       [Need(_ALIGN, (("detector", _DLIB_DETECTORS),))]),
+       [Need(_ALIGN, (("detector", _DLIB_DETECTORS),))], package=_DLIB_MODELS),
     _f("dlib_cnn", "mmod_human_face_detector.dat", "dlib", _WPLUS + "/{name}",
        "4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6", 729940, "0.7 MB",
        "public domain (dlib-models, Davis King)", "dlib's CNN face detector", "W+ release v1",
-       [Need(_ALIGN, (("detector", ("dlib_cnn",)),))]),
+       [Need(_ALIGN, (("detector", ("dlib_cnn",)),))], package=_DLIB_MODELS),
     _f("dlib_recogniser", "dlib_face_recognition_resnet_model_v1.dat", "dlib",
        "https://github.com/ageitgey/face_recognition_models/raw/master/face_recognition_models/models/{name}",
        "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", 22466066, "22 MB",
        "public domain (dlib-models, Davis King)", "face recognition: the identity score",
-       "face-recognition-models", [Need("WPlusIdentityScore")]),
+       "face-recognition-models", [Need("WPlusIdentityScore")], package=_DLIB_MODELS),
     _f("retinaface_resnet50", "detection_Resnet50_Final.pth", "facexlib", _FACEXLIB + "/v0.1.0/{name}",
        "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d", 109497761, "104 MB",
        _MIT_FACEXLIB, "RetinaFace detector, 5 points", "facexlib v0.1.0",
@@ -177,6 +185,28 @@ def name_of(key: str) -> str:
 
 def by_name(filename: str) -> ModelFile | None:
     return _BY_NAME.get(filename)
+
+
+def package_model_dir(package: str = _DLIB_MODELS) -> str | None:
+    """The models/ folder of an installed package, located without importing it (importing
+    face-recognition-models needs pkg_resources)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        folder = os.path.join(root, "models")
+        if os.path.isdir(folder):
+            return folder
+    return None
+
+
+def packaged_path(filename: str) -> str | None:
+    """Where an installed package ships ``filename`` (dlib's models), else None."""
+    known = by_name(filename)
+    folder = package_model_dir(known.package) if known and known.package else None
+    path = os.path.join(folder, filename) if folder else None
+    return path if path and os.path.isfile(path) else None
 
 
 def offered(folder: str) -> list[str]:

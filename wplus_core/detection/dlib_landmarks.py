@@ -37,7 +37,6 @@ sha256-checked, atomic, progress, offline message naming file, folder and URL).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 
@@ -45,6 +44,7 @@ import cv2
 import numpy as np
 
 from ..errors import WPlusError
+from .. import model_files
 from ..model_files import name_of
 from . import Face, FaceDetector, _to_rgb_uint8
 
@@ -98,17 +98,7 @@ def dlib_status() -> tuple[bool, str]:
 
 def package_model_dir() -> str | None:
     """The models folder of the face-recognition-models package, located without importing it."""
-    try:
-        spec = importlib.util.find_spec("face_recognition_models")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        folder = os.path.join(root, "models")
-        if os.path.isdir(folder):
-            return folder
-    return None
+    return model_files.package_model_dir()
 
 
 def model_path(filename: str, model_dir=None, progress=None, extra_dirs=()) -> str:
