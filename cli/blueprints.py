@@ -316,8 +316,9 @@ def outer_node(bp: Blueprint, object_info: dict, node_id: int = OUTER_ID) -> dic
 
 def build(bp: Blueprint, object_info: dict) -> dict:
     """The blueprint file: a workflow with the one subgraph node and its definition."""
+    inner = definition(bp, object_info)  # checks the description first
     return {"revision": 0, "last_node_id": OUTER_ID, "last_link_id": 0, "nodes": [outer_node(bp, object_info)],
-            "links": [], "version": 0.4, "definitions": {"subgraphs": [definition(bp, object_info)]},
+            "links": [], "version": 0.4, "definitions": {"subgraphs": [inner]},
             "extra": {"BlueprintDescription": bp.description, "BlueprintSearchAliases": bp.search_aliases}}
 
 

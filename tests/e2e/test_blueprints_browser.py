@@ -208,3 +208,9 @@ WIRE_JS = """({identity, personalize, photo, latent, steps, crop}) => {
     dec.connect(0, out, 0);
     app.canvas.setDirty(true, true);
 }"""
+
+
+def test_committed_blueprints_match_their_description(object_info):
+    """subgraphs/*.json are what `python -m cli blueprints --write` makes with this ComfyUI's nodes."""
+    stale = blueprints.write_all(object_info, check_only=True)
+    assert not stale, f"out of date (regenerate with `python -m cli blueprints --write`): {stale}"
