@@ -72,12 +72,15 @@ def test_served_on_0_28_ignored_without_a_subgraph_manager(server):
 
 def test_node_library_lists_places_and_runs_the_blueprints(page, server, photos, object_info, artifacts):
     if not HAS_SUBGRAPH_MANAGER:
-        # 0.3.64's page: no blueprint of ours among its node definitions, no page error
-        assert page.evaluate(BLUEPRINT_DEFS_JS) in (None, []) or not [
-            d for d in page.evaluate(BLUEPRINT_DEFS_JS) if d["display_name"] in NAMES]
+        # 0.3.64's page: no blueprint of ours among its node definitions, no page error about
+        # blueprints (frontend 1.27 logs one unrelated start-up error, which test_browser.py also
+        # leaves out by counting only the errors of a workflow load)
+        defs = page.evaluate(BLUEPRINT_DEFS_JS) or []
+        assert not [d for d in defs if d["display_name"] in NAMES], defs
         assert not [t for t in page.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
                     if t.startswith("SubgraphBlueprint.")]
-        assert not page.page_errors, page.page_errors
+        assert not [e for e in page.page_errors if "subgraph" in e.lower() or "blueprint" in e.lower()], \
+            page.page_errors
         return
 
     # the page's node definitions: both blueprints, under the pack's category
