@@ -34,6 +34,9 @@ CATEGORY = "W+ Adapter"  # the pack's node category: the library shows "Subgraph
 NAMESPACE = uuid.UUID("5f0c2a52-8d9e-4c63-9a43-77b0d1c0b1e5")  # stable ids: uuid5(NAMESPACE, name...)
 INPUT_NODE, OUTPUT_NODE = -10, -20  # LiteGraph's ids of a subgraph's input and output nodes
 OUTER_ID = 1  # the one node of a blueprint file
+# Inner node ids: 101.. and 201.., unique across both blueprints and apart from the ids of a graph's
+# own nodes: frontend 1.45 renumbers inner nodes whose ids are taken (1.27 does not), which would
+# change the flattened ids ("<node>:<inner node>") a workflow using them queues.
 
 
 @dataclass
@@ -68,11 +71,11 @@ class Blueprint:
 
 def _identity_from_photo() -> Blueprint:
     nodes = [
-        N(1, "WPlusFaceAlign", {"image": None, "size": "512"}),
+        N(101, "WPlusFaceAlign", {"image": None, "size": "512"}),
         # strength 0 returns the faces unchanged without loading PSFRGAN (nodes/restore_nodes.py)
-        N(2, "WPlusRestoreFace", {"image": L(1, 0), "psfrgan_name": PSFRGAN, "strength": 0.0}),
-        N(3, "WPlusE4ELoader", {"e4e_name": E4E}),
-        N(4, "WPlusE4EInvert", {"e4e_model": L(3), "image": L(2), "background_mask": L(1, 1)}),
+        N(102, "WPlusRestoreFace", {"image": L(101, 0), "psfrgan_name": PSFRGAN, "strength": 0.0}),
+        N(103, "WPlusE4ELoader", {"e4e_name": E4E}),
+        N(104, "WPlusE4EInvert", {"e4e_model": L(103), "image": L(102), "background_mask": L(101, 1)}),
     ]
     return Blueprint(
         "W+ Identity from Photo",
@@ -80,23 +83,23 @@ def _identity_from_photo() -> Blueprint:
         "restoration (restore_strength 0 = off, 1 = the reference's -s) and W+ e4e Invert. Outputs the "
         "aligned face, the W+ (18x512) and e4e's StyleGAN reconstruction.",
         nodes,
-        inputs=[Port("image", [(1, "image")]),
-                Port("face_select", [(1, "face_select")]),
-                Port("face_index", [(1, "face_index")]),
-                Port("size", [(1, "size")]),
-                Port("restore_strength", [(2, "strength")])],
-        outputs=[Out("aligned", L(2, 0)), Out("wplus", L(4, 0)), Out("preview", L(4, 1))],
+        inputs=[Port("image", [(101, "image")]),
+                Port("face_select", [(101, "face_select")]),
+                Port("face_index", [(101, "face_index")]),
+                Port("size", [(101, "size")]),
+                Port("restore_strength", [(102, "strength")])],
+        outputs=[Out("aligned", L(102, 0)), Out("wplus", L(104, 0)), Out("preview", L(104, 1))],
         search_aliases=["face to W+", "e4e inversion", "photo identity"],
     )
 
 
 def _personalize_model() -> Blueprint:
     nodes = [
-        N(1, "WPlusFaceAlign", {"image": None, "size": "512"}),
-        N(2, "WPlusE4ELoader", {"e4e_name": E4E}),
-        N(3, "WPlusE4EInvert", {"e4e_model": L(2), "image": L(1, 0), "background_mask": L(1, 1)}),
-        N(4, "WPlusAdapterLoader", {"adapter_name": ADAPTER}),
-        N(5, "ApplyWPlusAdapter", {"model": None, "wplus_adapter": L(4), "wplus": L(3), "weight": 1.0,
+        N(201, "WPlusFaceAlign", {"image": None, "size": "512"}),
+        N(202, "WPlusE4ELoader", {"e4e_name": E4E}),
+        N(203, "WPlusE4EInvert", {"e4e_model": L(202), "image": L(201, 0), "background_mask": L(201, 1)}),
+        N(204, "WPlusAdapterLoader", {"adapter_name": ADAPTER}),
+        N(205, "ApplyWPlusAdapter", {"model": None, "wplus_adapter": L(204), "wplus": L(203), "weight": 1.0,
                                    "start_at": 0.2, "end_at": 1.0}),
     ]
     return Blueprint(
@@ -105,11 +108,11 @@ def _personalize_model() -> Blueprint:
         "aligned, inverted by e4e into W+ and injected by the stage-2 W+ adapter. weight 1.0 and "
         "start_at 0.2 are the paper's settings.",
         nodes,
-        inputs=[Port("model", [(5, "model")]),
-                Port("image", [(1, "image")]),
-                Port("weight", [(5, "weight")]),
-                Port("start_at", [(5, "start_at")])],
-        outputs=[Out("MODEL", L(5, 0))],
+        inputs=[Port("model", [(205, "model")]),
+                Port("image", [(201, "image")]),
+                Port("weight", [(205, "weight")]),
+                Port("start_at", [(205, "start_at")])],
+        outputs=[Out("MODEL", L(205, 0))],
         search_aliases=["W+ adapter", "personalize", "identity"],
     )
 

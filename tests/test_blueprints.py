@@ -62,10 +62,17 @@ def test_the_exposed_inputs_and_outputs():
 
 def test_a_description_that_does_not_fit_the_nodes_is_refused():
     ident = blueprints.BY_NAME["W+ Identity from Photo"]
-    bad = blueprints.Blueprint(ident.name, "", ident.nodes, [blueprints.Port("x", [(1, "no_such_input")])], [])
+    bad = blueprints.Blueprint(ident.name, "", ident.nodes, [blueprints.Port("x", [(101, "no_such_input")])], [])
     with pytest.raises(KeyError, match="no input no_such_input"):
         blueprints.build(bad, INFO)
     mixed = blueprints.Blueprint(ident.name, "", ident.nodes,
-                                 [blueprints.Port("x", [(1, "face_index"), (1, "size")])], [])
+                                 [blueprints.Port("x", [(101, "face_index"), (101, "size")])], [])
     with pytest.raises(ValueError, match="different types"):
         blueprints.build(mixed, INFO)
+
+
+def test_inner_node_ids_are_unique_across_blueprints_and_apart_from_a_graphs_own():
+    """Frontend 1.45 renumbers inner nodes whose ids are already taken in the graph (1.27 does not):
+    distinct ids keep the flattened prompt ids ("<node>:<inner node>") the same on both."""
+    ids = [n.id for bp in blueprints.BLUEPRINTS for n in bp.nodes]
+    assert len(ids) == len(set(ids)) and min(ids) > 100
