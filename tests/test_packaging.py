@@ -114,3 +114,13 @@ def test_ui_and_api_twins_agree(ui_path, api_path):
         it = iter(values)
         assert all(any(w == v for v in it) for w in widgets), (i, n["type"], widgets, values)
         assert len(values) - len(widgets) <= 1, (i, n["type"], widgets, values)
+
+
+def test_relative_links_of_the_readme_and_docs_resolve():
+    """The README is the front door and sends readers to docs/: every relative link must land."""
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", page.read_text()):
+            if not re.match(r"^[a-z]+://", target) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
