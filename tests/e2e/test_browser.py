@@ -44,7 +44,7 @@ def test_workflow_loads_in_the_graph_editor(page, name, object_info, artifacts):
     assert len(result["nodes"]) == len(ui["nodes"])
 
     # our nodes render with the widgets the server defines, holding the workflow's values
-    by_id = {n["id"]: n for n in ui["nodes"]}
+    by_id = {str(n["id"]): n for n in ui["nodes"]}  # frontend 1.49 reports ids as strings
     ours = [n for n in result["nodes"] if n["type"].startswith(("WPlus", "ApplyWPlus"))]
     assert ours, "no W+ node in the workflow"
     for n in ours:
@@ -53,7 +53,7 @@ def test_workflow_loads_in_the_graph_editor(page, name, object_info, artifacts):
                                         **(spec["input"].get("optional") or {})}.items()
                          if isinstance(v[0], list) or v[0] in workflows.WIDGET_TYPES]
         assert [w[0] for w in n["widgets"]] == widget_inputs, n["type"]
-        assert [w[2] for w in n["widgets"]] == by_id[n["id"]]["widgets_values"], n["type"]
+        assert [w[2] for w in n["widgets"]] == by_id[str(n["id"])]["widgets_values"], n["type"]
 
     # what the page would queue is exactly the committed API twin
     api = workflows.load_api(name)
@@ -85,10 +85,10 @@ def test_no_node_covers_another(page, name, artifacts):
 
     # the page drew the sizes the file asked for (a node that grew would be reported as an overlap
     # only where it meets another: this names it directly)
-    want = {n["id"]: n for n in ui["nodes"]}
-    grown = [(n["id"], n["title"], n["box"][2:], want[n["id"]]["size"]) for n in layout["nodes"]
-             if n["box"][2] > want[n["id"]]["size"][0] + 0.5
-             or n["box"][3] - layout["title_height"] > want[n["id"]]["size"][1] + 0.5]
+    want = {str(n["id"]): n for n in ui["nodes"]}  # frontend 1.49 reports ids as strings
+    grown = [(n["id"], n["title"], n["box"][2:], want[str(n["id"])]["size"]) for n in layout["nodes"]
+             if n["box"][2] > want[str(n["id"])]["size"][0] + 0.5
+             or n["box"][3] - layout["title_height"] > want[str(n["id"])]["size"][1] + 0.5]
     covered = browser.overlaps(layout)
     assert not covered, f"{len(covered)} overlap(s) (nodes the page resized: {grown}):\n" + "\n".join(covered)
 
