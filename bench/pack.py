@@ -55,6 +55,6 @@ def register():
 def load_nodes():
     """Run the pack's __init__ (registers its nodes with ComfyUI, which must be importable)."""
     pack = register()
-    if not hasattr(pack, "NODE_CLASS_MAPPINGS"):
+    if not hasattr(pack, "comfy_entrypoint"):
         pack.__spec__.loader.exec_module(pack)
     return pack

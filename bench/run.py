@@ -233,13 +233,13 @@ def bench_node(args, device, results):
     from host.sd15 import random_sd15_patcher
     from test_adapter import official_state_dict
     from wplus_core.adapter import load_wplus_adapter
-    node = pack.NODE_CLASS_MAPPINGS["ApplyWPlusAdapter"]()
+    node = pack.nodes.adapter_nodes.ApplyWPlusAdapter  # a V3 node: execute is a classmethod
     base = random_sd15_patcher()
     adapter = load_wplus_adapter(official_state_dict())
     w = torch.randn(1, 18, 512)
-    node.apply(base, adapter, w, 1.0, 0.2, 1.0)
-    times = [timed(lambda: node.apply(base, adapter, w, 1.0, 0.2, 1.0), torch.device("cpu")) for _ in range(20)]
-    (patched,) = node.apply(base, adapter, w, 1.0, 0.2, 1.0)
+    node.execute(base, adapter, w, 1.0, 0.2, 1.0)
+    times = [timed(lambda: node.execute(base, adapter, w, 1.0, 0.2, 1.0), torch.device("cpu")) for _ in range(20)]
+    (patched,) = node.execute(base, adapter, w, 1.0, 0.2, 1.0).result
     patch = patched.wrappers["apply_model"]["wplus_adapter"][0]
     own = patch.tokens.numel() * patch.tokens.element_size()  # all the node allocates in tensors
     shared = patch.sites is adapter.sites and patched.clone().wrappers["apply_model"]["wplus_adapter"][0] is patch

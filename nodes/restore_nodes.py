@@ -18,9 +18,8 @@ import comfy.utils
 from ..wplus_core.errors import WPlusError
 from ..wplus_core.restoration import PSFRGAN_FILE, load_psfrgan
 from . import model_holder, paths
+from .common import CATEGORY, io, precision_input
 from .face_nodes import parser_patcher
-
-CATEGORY = "W+ Adapter"
 
 
 def restorer_patcher(psfrgan_name: str, precision: str = "auto"):
@@ -37,38 +36,38 @@ def get_restorer(psfrgan_name: str, precision: str = "auto"):
     return model_holder.use(restorer_patcher(psfrgan_name, precision))
 
 
-class WPlusRestoreFace:
-    DESCRIPTION = ("Restores blurry, small or compressed faces with PSFRGAN, guided by the face parsing "
-                   "of the same crop: the reference's -s step, between W+ Face Align and W+ e4e Invert. "
-                   "Each face is restored at 512 px and returned at its own size.")
+class WPlusRestoreFace(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusRestoreFace",
+            display_name="W+ Restore Face (PSFRGAN)",
+            category=CATEGORY,
+            description="Restores blurry, small or compressed faces with PSFRGAN, guided by the face parsing of "
+                        "the same crop: the reference's -s step, between W+ Face Align and W+ e4e Invert. Each "
+                        "face is restored at 512 px and returned at its own size.",
+            inputs=[
+                io.Image.Input("image", tooltip="FFHQ-aligned faces (the 'aligned' output of W+ Face Align), "
+                                                "any square size."),
+                io.Combo.Input("psfrgan_name", options=paths.choices("psfrgan"),
+                               tooltip=f"PSFRGAN generator in models/psfrgan; {PSFRGAN_FILE} is downloaded on "
+                                       "first use (NTU S-Lab License 1.0, non-commercial)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="1 = the restored face (the reference), 0 = the input unchanged; "
+                                       "in between blends the two."),
+                precision_input(),
+            ],
+            outputs=[io.Image.Output(display_name="restored",
+                                     tooltip="The restored faces, same size and order as the input.")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "FFHQ-aligned faces (the 'aligned' output of W+ Face Align), "
-                                           "any square size."}),
-            "psfrgan_name": (paths.choices("psfrgan"), {
-                "tooltip": f"PSFRGAN generator in models/psfrgan; {PSFRGAN_FILE} is downloaded on first use "
-                           "(NTU S-Lab License 1.0, non-commercial)."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                   "tooltip": "1 = the restored face (the reference), 0 = the input unchanged; "
-                                              "in between blends the two."}),
-            "precision": (["auto", "fp32", "fp16", "bf16"], {
-                "tooltip": "auto: fp16 on a GPU, fp32 on the CPU."}),
-        }}
-
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("restored",)
-    OUTPUT_TOOLTIPS = ("The restored faces, same size and order as the input.",)
-    FUNCTION = "restore"
-    CATEGORY = CATEGORY
-
-    def restore(self, image, psfrgan_name=PSFRGAN_FILE, strength=1.0, precision="auto"):
+    def execute(cls, image, psfrgan_name=PSFRGAN_FILE, strength=1.0, precision="auto"):
         if image.ndim != 4 or image.shape[1] != image.shape[2]:
             raise WPlusError(f"W+ Restore Face: the image is {image.shape[2]}x{image.shape[1]}; PSFRGAN needs "
                              "square FFHQ-aligned faces. Connect the 'aligned' output of W+ Face Align.")
         if strength <= 0:
-            return (image,)
+            return io.NodeOutput(image)
         # both loaded at once (loading one never evicts the other); PSFRGAN was trained on
         # ParseNet's labels
         model, parser = model_holder.use(restorer_patcher(psfrgan_name, precision), parser_patcher("parsenet"))
@@ -83,8 +82,7 @@ class WPlusRestoreFace:
             y = model.restore_aligned(x.to(model.device), parser, strength=strength)
             out.append(((y + 1) * 0.5).clamp_(0, 1).movedim(1, -1).to(mm.intermediate_device()))
             bar.update(1)
-        return (torch.cat(out),)
+        return io.NodeOutput(torch.cat(out))
 
 
-NODE_CLASS_MAPPINGS = {"WPlusRestoreFace": WPlusRestoreFace}
-NODE_DISPLAY_NAME_MAPPINGS = {"WPlusRestoreFace": "W+ Restore Face (PSFRGAN)"}
+NODES = [WPlusRestoreFace]

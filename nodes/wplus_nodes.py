@@ -12,10 +12,8 @@ from ..wplus_core.errors import WPlusError
 from ..wplus_core.latents import check_wplus, load_wplus, next_free_path, save_wplus, wplus_metadata
 from ..wplus_core.version import __version__
 from . import paths
+from .common import CATEGORY, WPLUS_TIP, WPlus, WPlusDirection, io
 from .model_holder import LRU
-
-CATEGORY = "W+ Adapter"
-WPLUS_TIP = "W+ latents (B,18,512) from E4EInvert, Load W+ or another W+ node."
 
 
 _libraries = LRU(4)  # one library per set of user folders, so its cache of bundled directions hits
@@ -48,39 +46,41 @@ def parse_strengths(text: str) -> list[float]:
     return values
 
 
-class WPlusEdit:
-    DESCRIPTION = ("Moves W+ along an editing direction (age, smile, pose, expression, GANSpace "
-                   "presets, your files in models/wplus/directions). Several strengths make a batch "
-                   "(an edit sweep in one run).")
+class WPlusEdit(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusEdit",
+            display_name="W+ Edit",
+            category=CATEGORY,
+            description="Moves W+ along an editing direction (age, smile, pose, expression, GANSpace presets, "
+                        "your files in models/wplus/directions). Several strengths make a batch (an edit "
+                        "sweep in one run).",
+            inputs=[
+                WPlus.Input("wplus", tooltip=WPLUS_TIP),
+                io.Combo.Input("direction", options=library().names(), default="interfacegan/smile",
+                               tooltip="interfacegan/* and latent/* move all 18 layers; "
+                                       "ganspace/* presets move their own layer range."),
+                io.String.Input("strengths", default="2.0",
+                                tooltip="One number, a list '-4, -2, 0, 2, 4', or a range '-4..4/5' (both ends "
+                                        "included). Each strength gives one W+ in the batch."),
+                io.Int.Input("layer_start", default=-1, min=-1, max=17,
+                             tooltip="First W+ layer to move; -1 = the direction's default."),
+                io.Int.Input("layer_end", default=-1, min=-1, max=18,
+                             tooltip="Layer after the last one to move; -1 = the direction's default."),
+                io.Combo.Input("mode", options=["relative", "absolute"],
+                               tooltip="relative: w + s*d. absolute (GANSpace only, the reference's formula): "
+                                       "set the component to s."),
+                WPlusDirection.Input("custom_direction", optional=True,
+                                     tooltip="A direction from W+ Direction from Examples; when connected it "
+                                             "is used instead of 'direction'."),
+            ],
+            outputs=[WPlus.Output(display_name="wplus",
+                                  tooltip="Edited W+: one per input latent and strength (latent-major).")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "wplus": ("WPLUS", {"tooltip": WPLUS_TIP}),
-            "direction": (library().names(), {"default": "interfacegan/smile",
-                                              "tooltip": "interfacegan/* and latent/* move all 18 layers; "
-                                                         "ganspace/* presets move their own layer range."}),
-            "strengths": ("STRING", {"default": "2.0", "tooltip": "One number, a list '-4, -2, 0, 2, 4', or "
-                                                                  "a range '-4..4/5' (both ends included). "
-                                                                  "Each strength gives one W+ in the batch."}),
-            "layer_start": ("INT", {"default": -1, "min": -1, "max": 17,
-                                    "tooltip": "First W+ layer to move; -1 = the direction's default."}),
-            "layer_end": ("INT", {"default": -1, "min": -1, "max": 18,
-                                  "tooltip": "Layer after the last one to move; -1 = the direction's default."}),
-            "mode": (["relative", "absolute"], {"tooltip": "relative: w + s*d. absolute (GANSpace only, the "
-                                                           "reference's formula): set the component to s."}),
-        }, "optional": {
-            "custom_direction": ("WPLUS_DIRECTION", {"tooltip": "A direction from W+ Direction from Examples; "
-                                                                "when connected it is used instead of 'direction'."}),
-        }}
-
-    RETURN_TYPES = ("WPLUS",)
-    RETURN_NAMES = ("wplus",)
-    OUTPUT_TOOLTIPS = ("Edited W+: one per input latent and strength (latent-major).",)
-    FUNCTION = "edit"
-    CATEGORY = CATEGORY
-
-    def edit(self, wplus, direction, strengths, layer_start, layer_end, mode, custom_direction=None):
+    def execute(cls, wplus, direction, strengths, layer_start, layer_end, mode, custom_direction=None):
         d = library().load(direction) if custom_direction is None else custom_direction
         direction = d.name if custom_direction is not None else direction
         layers = None
@@ -93,56 +93,61 @@ class WPlusEdit:
                                  f"('{direction}' moves layers {d.layers[0]}..{d.layers[1] - 1}).")
             layers = (start, end)
         values = parse_strengths(strengths)
-        return (directions.edit_sweep(check_wplus(wplus, "wplus"), d, values, layers=layers, mode=mode),)
+        return io.NodeOutput(directions.edit_sweep(check_wplus(wplus, "wplus"), d, values, layers=layers, mode=mode))
 
 
-class WPlusInterpolate:
-    DESCRIPTION = ("Mixes two identities: (1-t)*A + t*B. Optional per-group weights act on the W+ "
-                   "layers behind each of the adapter's 4 tokens (coarse 0-3: pose/shape, 4-7, 8-11, "
-                   "fine 12-17: colour/texture).")
+def _group(name: str, tip: str) -> io.Float.Input:
+    return io.Float.Input(name, default=-1.0, min=-1.0, max=2.0, step=0.05, tooltip=tip + " -1 = use 'weight'.")
+
+
+class WPlusInterpolate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusInterpolate",
+            display_name="W+ Interpolate",
+            category=CATEGORY,
+            description="Mixes two identities: (1-t)*A + t*B. Optional per-group weights act on the W+ layers "
+                        "behind each of the adapter's 4 tokens (coarse 0-3: pose/shape, 4-7, 8-11, fine "
+                        "12-17: colour/texture).",
+            inputs=[
+                WPlus.Input("wplus_a", tooltip=WPLUS_TIP),
+                WPlus.Input("wplus_b", tooltip=WPLUS_TIP),
+                io.Float.Input("weight", default=0.5, min=-1.0, max=2.0, step=0.05,
+                               tooltip="0 = A, 1 = B; outside [0,1] extrapolates."),
+                _group("layers_0_3", "Weight for layers 0-3 (coarse: pose, face shape)."),
+                _group("layers_4_7", "Weight for layers 4-7 (middle: features, expression)."),
+                _group("layers_8_11", "Weight for layers 8-11 (fine features)."),
+                _group("layers_12_17", "Weight for layers 12-17 (finest: colour, texture)."),
+            ],
+            outputs=[WPlus.Output(display_name="wplus")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        group = lambda tip: ("FLOAT", {"default": -1.0, "min": -1.0, "max": 2.0, "step": 0.05,
-                                       "tooltip": tip + " -1 = use 'weight'."})
-        return {"required": {
-            "wplus_a": ("WPLUS", {"tooltip": WPLUS_TIP}),
-            "wplus_b": ("WPLUS", {"tooltip": WPLUS_TIP}),
-            "weight": ("FLOAT", {"default": 0.5, "min": -1.0, "max": 2.0, "step": 0.05,
-                                 "tooltip": "0 = A, 1 = B; outside [0,1] extrapolates."}),
-            "layers_0_3": group("Weight for layers 0-3 (coarse: pose, face shape)."),
-            "layers_4_7": group("Weight for layers 4-7 (middle: features, expression)."),
-            "layers_8_11": group("Weight for layers 8-11 (fine features)."),
-            "layers_12_17": group("Weight for layers 12-17 (finest: colour, texture)."),
-        }}
-
-    RETURN_TYPES = ("WPLUS",)
-    RETURN_NAMES = ("wplus",)
-    FUNCTION = "mix"
-    CATEGORY = CATEGORY
-
-    def mix(self, wplus_a, wplus_b, weight, layers_0_3, layers_4_7, layers_8_11, layers_12_17):
+    def execute(cls, wplus_a, wplus_b, weight, layers_0_3, layers_4_7, layers_8_11, layers_12_17):
         groups = [weight if g < 0 else g for g in (layers_0_3, layers_4_7, layers_8_11, layers_12_17)]
-        return (directions.interpolate(wplus_a, wplus_b, groups),)
+        return io.NodeOutput(directions.interpolate(wplus_a, wplus_b, groups))
 
 
-class WPlusSave:
-    DESCRIPTION = "Saves W+ latents as .safetensors (with metadata) under output/; never overwrites a file."
+class WPlusSave(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusSave",
+            display_name="W+ Save",
+            category=CATEGORY,
+            description="Saves W+ latents as .safetensors (with metadata) under output/; never overwrites a file.",
+            inputs=[
+                WPlus.Input("wplus", tooltip=WPLUS_TIP),
+                io.String.Input("filename_prefix", default="wplus/face",
+                                tooltip="Path under the output folder; a counter is appended."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "wplus": ("WPLUS", {"tooltip": WPLUS_TIP}),
-            "filename_prefix": ("STRING", {"default": "wplus/face",
-                                           "tooltip": "Path under the output folder; a counter is appended."}),
-        }}
-
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "save"
-    CATEGORY = CATEGORY
-
-    def save(self, wplus, filename_prefix):
+    def execute(cls, wplus, filename_prefix):
         out_dir = folder_paths.get_output_directory()
         try:
             path = next_free_path(out_dir, filename_prefix)
@@ -151,42 +156,31 @@ class WPlusSave:
                              f"folder ({out_dir}); use a path inside it, such as 'wplus/face'.") from e
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_wplus(path, wplus, wplus_metadata(pack_version=__version__))
-        rel = os.path.relpath(path, out_dir)
-        return {"ui": {"text": [rel]}}
+        return io.NodeOutput(ui={"text": [os.path.relpath(path, out_dir)]})
 
 
-class WPlusLoad:
-    DESCRIPTION = ("Loads W+ latents: .safetensors saved by Save W+, the reference's .pth latents, "
-                   "or .npy (from models/wplus/latents or output/wplus).")
+class WPlusLoad(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WPlusLoad",
+            display_name="W+ Load",
+            category=CATEGORY,
+            description="Loads W+ latents: .safetensors saved by Save W+, the reference's .pth latents, or "
+                        ".npy (from models/wplus/latents or output/wplus).",
+            inputs=[io.Combo.Input("latent_file", options=sorted(paths.own_files("wplus_latents")),
+                                   tooltip="Files in models/wplus/latents and output/wplus.")],
+            outputs=[WPlus.Output(display_name="wplus")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"latent_file": (sorted(paths.own_files("wplus_latents")),
-                                             {"tooltip": "Files in models/wplus/latents and output/wplus."})}}
-
-    RETURN_TYPES = ("WPLUS",)
-    RETURN_NAMES = ("wplus",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-
-    @classmethod
-    def IS_CHANGED(cls, latent_file):
+    def fingerprint_inputs(cls, latent_file):
         path = folder_paths.get_full_path("wplus_latents", latent_file)
         return os.path.getmtime(path) if path else latent_file
 
-    def load(self, latent_file):
-        return (load_wplus(paths.resolve("wplus_latents", latent_file))[0],)
+    @classmethod
+    def execute(cls, latent_file):
+        return io.NodeOutput(load_wplus(paths.resolve("wplus_latents", latent_file))[0])
 
 
-NODE_CLASS_MAPPINGS = {
-    "WPlusEdit": WPlusEdit,
-    "WPlusInterpolate": WPlusInterpolate,
-    "WPlusSave": WPlusSave,
-    "WPlusLoad": WPlusLoad,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "WPlusEdit": "W+ Edit",
-    "WPlusInterpolate": "W+ Interpolate",
-    "WPlusSave": "W+ Save",
-    "WPlusLoad": "W+ Load",
-}
+NODES = [WPlusEdit, WPlusInterpolate, WPlusSave, WPlusLoad]

