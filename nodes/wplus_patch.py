@@ -132,10 +132,15 @@ class WPlusPatch:
         sigma = t.tolist()[0]     # one host read per model call, none per layer
         return s_end <= sigma <= s_start
 
-    def release(self, *_args) -> None:
-        """Drop what lives on the UNet's device (folded branches, plans, masks, scratch): called
-        when ComfyUI unloads or offloads the patched model ("Unload Models", low VRAM), so the
-        identity's tensors leave VRAM with the UNet's weights; the next call rebuilds them."""
+    def release(self, patcher=None, unpatch_all: bool = True) -> None:
+        """Drop what lives on the UNet's device (folded branches, plans, masks, scratch) when
+        ComfyUI unloads the patched model ("Unload Models", or evicting it for memory: detach with
+        unpatch_all), so the identity's tensors leave VRAM with the UNet's weights; the next call
+        rebuilds them. ComfyUI also detaches a clone, without unpatching, when another clone of the
+        same model loads (e.g. the next run's FreeU clone): the patch object is shared with that
+        clone, so its plans are kept then (rebuilding them per call cost 720 extra operations)."""
+        if not unpatch_all:
+            return
         self.plan, self._plan_key, self._plans, self._folded = None, None, {}, None
         self._attention = [None] * len(SITES)
 
