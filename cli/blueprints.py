@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .workflows import (ADAPTER, E4E, MODEL_INPUTS, PSFRGAN, L, N, _default, _input_specs, _is_widget,
+from .workflows import (ADAPTER, E4E, MODEL_INPUTS, PSFRGAN, L, N, _default, _input_specs, _is_widget, _topo,
                         model_url)
 
 SUBGRAPHS_DIR = Path(__file__).resolve().parents[1] / "subgraphs"
@@ -323,24 +323,6 @@ def build(bp: Blueprint, object_info: dict) -> dict:
     return {"revision": 0, "last_node_id": OUTER_ID, "last_link_id": 0, "nodes": [outer_node(bp, object_info)],
             "links": [], "version": 0.4, "definitions": {"subgraphs": [inner]},
             "extra": {"BlueprintDescription": bp.description, "BlueprintSearchAliases": bp.search_aliases}}
-
-
-def _topo(bp: Blueprint) -> list:
-    by_id = {n.id: n for n in bp.nodes}
-    done, order = set(), []
-
-    def visit(n):
-        if n.id in done:
-            return
-        done.add(n.id)
-        for v in n.inputs.values():
-            if isinstance(v, L):
-                visit(by_id[v.node])
-        order.append(n)
-
-    for n in sorted(bp.nodes, key=lambda n: n.id):
-        visit(n)
-    return order
 
 
 def path_of(bp: Blueprint) -> Path:

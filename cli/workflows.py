@@ -354,7 +354,8 @@ def _default(spec):
     return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
 
 
-def _topo(spec: Spec) -> list[N]:
+def _topo(spec) -> list[N]:
+    """The nodes of a workflow or blueprint description (anything with .nodes), inputs first."""
     by_id = {n.id: n for n in spec.nodes}
     done, order = set(), []
 
