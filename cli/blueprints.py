@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .workflows import (ADAPTER, E4E, MODEL_INPUTS, PSFRGAN, L, N, _default, _input_specs, _is_widget, _topo,
+                        check_nodes,
                         model_url)
 
 SUBGRAPHS_DIR = Path(__file__).resolve().parents[1] / "subgraphs"
@@ -132,17 +133,7 @@ def _kind(ispec) -> str:
 
 def check(bp: Blueprint, object_info: dict) -> None:
     """Raise KeyError/ValueError when the description does not fit the host's node definitions."""
-    by_id = {n.id: n for n in bp.nodes}
-    if len(by_id) != len(bp.nodes):
-        raise ValueError(f"{bp.name}: two nodes share an id")
-    missing = sorted({n.type for n in bp.nodes if n.type not in object_info})
-    if missing:
-        raise KeyError(f"{bp.name}: node types unknown to this ComfyUI: {', '.join(missing)}")
-    for n in bp.nodes:
-        names = {name for name, _ in _input_specs(object_info[n.type])}
-        unknown = set(n.inputs) - names
-        if unknown:
-            raise KeyError(f"{bp.name}: node {n.id} ({n.type}) has no input(s) {sorted(unknown)}")
+    by_id = check_nodes(bp, object_info)
     for port in bp.inputs:
         kinds = set()
         for node_id, name in port.targets:

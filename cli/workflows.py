@@ -373,8 +373,9 @@ def _topo(spec) -> list[N]:
     return order
 
 
-def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
-    """(UI workflow, API prompt) for one description, with the host's node definitions."""
+def check_nodes(spec, object_info: dict) -> dict:
+    """{id: node} of a workflow or blueprint description (anything with .name and .nodes); raises
+    KeyError/ValueError when it does not fit the host's node definitions."""
     by_id = {n.id: n for n in spec.nodes}
     if len(by_id) != len(spec.nodes):
         raise ValueError(f"{spec.name}: two nodes share an id")
@@ -387,6 +388,12 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
         if unknown:
             raise KeyError(f"{spec.name}: node {n.id} ({n.type}) has no input(s) {sorted(unknown)}; "
                            f"it has {sorted(names)}")
+    return by_id
+
+
+def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
+    """(UI workflow, API prompt) for one description, with the host's node definitions."""
+    by_id = check_nodes(spec, object_info)
 
     order = _topo(spec)
 
