@@ -6,10 +6,13 @@ from . import paths
 paths.register_folders()
 
 from . import adapter_nodes, face_nodes, identity_nodes, restore_nodes, wplus_nodes  # noqa: E402
-from .common import ComfyExtension, io  # noqa: E402
+from .common import ComfyExtension, check_choices_before_running, host_checks_v3_combos, io  # noqa: E402
 
 NODES: list[type[io.ComfyNode]] = [*adapter_nodes.NODES, *wplus_nodes.NODES, *face_nodes.NODES,
                                    *restore_nodes.NODES, *identity_nodes.NODES]
+if not host_checks_v3_combos():
+    for _node in NODES:
+        check_choices_before_running(_node)
 
 
 class WPlusExtension(ComfyExtension):
