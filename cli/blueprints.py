@@ -26,15 +26,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .workflows import (ADAPTER, E4E, MODEL_INPUTS, PSFRGAN, L, N, _default, _input_specs, _is_widget, _topo,
-                        check_nodes,
-                        model_url)
+from wplus_core import model_files
+
+from .graph import MODEL_INPUTS, L, N, check_nodes, default, input_specs, is_widget, model_url, topo
 
 SUBGRAPHS_DIR = Path(__file__).resolve().parents[1] / "subgraphs"
 CATEGORY = "W+ Adapter"  # the pack's node category: the library shows "Subgraph Blueprints/W+ Adapter"
 NAMESPACE = uuid.UUID("5f0c2a52-8d9e-4c63-9a43-77b0d1c0b1e5")  # stable ids: uuid5(NAMESPACE, name...)
 INPUT_NODE, OUTPUT_NODE = -10, -20  # LiteGraph's ids of a subgraph's input and output nodes
 OUTER_ID = 1  # the one node of a blueprint file
+ADAPTER, E4E, PSFRGAN = (model_files.name_of(k) for k in ("wplus_adapter", "e4e", "psfrgan"))
 # Inner node ids: 101.. and 201.., unique across both blueprints and apart from the ids of a graph's
 # own nodes: frontend 1.45 renumbers inner nodes whose ids are taken (1.27 does not), which would
 # change the flattened ids ("<node>:<inner node>") a workflow using them queues.
@@ -124,7 +125,7 @@ BY_NAME = {b.name: b for b in BLUEPRINTS}
 
 # ---------------------------------------------------------------------------------------- builder
 def _spec_of(object_info: dict, node_type: str, name: str):
-    return dict(_input_specs(object_info[node_type]))[name]
+    return dict(input_specs(object_info[node_type]))[name]
 
 
 def _kind(ispec) -> str:
@@ -138,7 +139,7 @@ def check(bp: Blueprint, object_info: dict) -> None:
         kinds = set()
         for node_id, name in port.targets:
             node = by_id[node_id]
-            if name not in {k for k, _ in _input_specs(object_info[node.type])}:
+            if name not in {k for k, _ in input_specs(object_info[node.type])}:
                 raise KeyError(f"{bp.name}: input {port.name}: node {node_id} ({node.type}) has no input {name}")
             kinds.add(_kind(_spec_of(object_info, node.type, name)))
         if len(kinds) != 1:
@@ -168,7 +169,7 @@ def node_info(bp: Blueprint, object_info: dict) -> dict:
 
 
 def widget_ports(bp: Blueprint, object_info: dict) -> list[Port]:
-    return [p for p in bp.inputs if _is_widget(port_spec(bp, p, object_info))]
+    return [p for p in bp.inputs if is_widget(port_spec(bp, p, object_info))]
 
 
 def port_default(bp: Blueprint, port: Port, object_info: dict):
@@ -176,7 +177,7 @@ def port_default(bp: Blueprint, port: Port, object_info: dict):
     node_id, name = port.targets[0]
     node = next(n for n in bp.nodes if n.id == node_id)
     value = node.inputs.get(name)
-    return _default(port_spec(bp, port, object_info)) if value is None else value
+    return default(port_spec(bp, port, object_info)) if value is None else value
 
 
 def definition(bp: Blueprint, object_info: dict) -> dict:
@@ -188,7 +189,7 @@ def definition(bp: Blueprint, object_info: dict) -> dict:
         for target in port.targets:
             feeds[target] = k
     links, port_links, out_links = [], {k: [] for k in range(len(bp.inputs))}, {}
-    order = _topo(bp)
+    order = topo(bp)
     depth = {}
     for n in order:
         depth[n.id] = 1 + max([depth[v.node] for v in n.inputs.values() if isinstance(v, L)], default=-1)
@@ -198,16 +199,16 @@ def definition(bp: Blueprint, object_info: dict) -> dict:
         inputs_ui, widgets = [], []
         # the frontend's own order (1.45): every socket input first, then one input per widget
         # (a widget's socket exists whether or not it is linked); links name these slot indices
-        specs = _input_specs(info)
-        specs = [s for s in specs if not _is_widget(s[1])] + [s for s in specs if _is_widget(s[1])]
+        specs = input_specs(info)
+        specs = [s for s in specs if not is_widget(s[1])] + [s for s in specs if is_widget(s[1])]
         optional = set((info.get("input", {}).get("optional")) or {})
         for name, ispec in specs:
             value = n.inputs.get(name)
             port = feeds.get((n.id, name))
-            if _is_widget(ispec):
+            if is_widget(ispec):
                 if isinstance(value, L):
                     raise ValueError(f"{bp.name}: widget {name} of node {n.id} is linked: use a Port")
-                value = _default(ispec) if value is None else value
+                value = default(ispec) if value is None else value
                 widgets.append(value)
                 opts = ispec[1] if len(ispec) > 1 and isinstance(ispec[1], dict) else {}
                 if opts.get("control_after_generate"):
@@ -226,12 +227,12 @@ def definition(bp: Blueprint, object_info: dict) -> dict:
                 links.append({"id": link_id, "origin_id": value.node, "origin_slot": value.slot, "target_id": n.id,
                               "target_slot": len(inputs_ui), "type": out_type})
                 out_links.setdefault((value.node, value.slot), []).append(link_id)
-            elif not _is_widget(ispec) and name not in optional:
+            elif not is_widget(ispec) and name not in optional:
                 raise ValueError(f"{bp.name}: required input {name} of node {n.id} ({n.type}) is not connected")
             entry = {"localized_name": name, "name": name, "type": _kind(ispec), "link": link_id}
-            if name in optional and not _is_widget(ispec):
+            if name in optional and not is_widget(ispec):
                 entry["shape"] = 7
-            if _is_widget(ispec):
+            if is_widget(ispec):
                 entry["widget"] = {"name": name}
             inputs_ui.append(entry)
         node = {"id": n.id, "type": n.type, "pos": [0, 0], "size": [320, 0], "flags": {}, "order": rank, "mode": n.mode,
@@ -295,17 +296,48 @@ def outer_node(bp: Blueprint, object_info: dict, node_id: int = OUTER_ID) -> dic
         entry = {"localized_name": p.name, "name": p.name, "type": _kind(ispec), "link": None}
         if p.label:
             entry["label"] = p.label
-        if _is_widget(ispec):
+        if is_widget(ispec):
             entry["widget"] = {"name": p.name}
             proxies.append([str(p.targets[0][0]), p.targets[0][1]])
         inputs.append(entry)
     outputs = [{"localized_name": name, "name": name, "type": t, "links": []}
                for name, t in zip(info["output_name"], info["output"])]
     widgets = widget_ports(bp, object_info)
-    slots = max(len([p for p in bp.inputs if not _is_widget(port_spec(bp, p, object_info))]), len(outputs))
+    slots = max(len([p for p in bp.inputs if not is_widget(port_spec(bp, p, object_info))]), len(outputs))
     return {"id": node_id, "type": bp.id, "pos": [0, 0], "size": [320, 16 + 22 * slots + 28 * len(widgets)],
             "flags": {}, "order": 0, "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"proxyWidgets": proxies}, "widgets_values": [], "title": bp.name}
+
+
+def flatten(bp: Blueprint, outer_id: int, port_values: dict, object_info: dict) -> dict:
+    """The API nodes the page queues for the blueprint placed as node ``outer_id``: every inner
+    node as "<outer_id>:<inner id>"; an exposed socket takes ``port_values[port name]`` (the API
+    value of what is linked to the placed node; absent: left out), every widget the inner node's
+    value (the placed node's exposed widgets show those)."""
+    feeds = {target: port.name for port in bp.inputs for target in port.targets}
+    api = {}
+    for n in topo(bp):
+        info = object_info[n.type]
+        inputs = {}
+        for name, ispec in input_specs(info):
+            value = n.inputs.get(name)
+            port = feeds.get((n.id, name))
+            if port is not None and not is_widget(ispec):
+                if port in port_values:
+                    inputs[name] = port_values[port]
+            elif isinstance(value, L):
+                inputs[name] = [f"{outer_id}:{value.node}", value.slot]
+            elif is_widget(ispec):
+                inputs[name] = default(ispec) if value is None else value
+        api[f"{outer_id}:{n.id}"] = {"class_type": n.type, "inputs": inputs,
+                                      "_meta": {"title": info.get("display_name") or n.type}}
+    return api
+
+
+def output_source(bp: Blueprint, outer_id: int, slot: int) -> list:
+    """The API value [inner node key, slot] behind output ``slot`` of the blueprint placed as ``outer_id``."""
+    source = bp.outputs[slot].source
+    return [f"{outer_id}:{source.node}", source.slot]
 
 
 def build(bp: Blueprint, object_info: dict) -> dict:

@@ -27,11 +27,14 @@ LOAD_JS = """async ({wf, name}) => {
     await app.loadGraphData(wf, true, true, name);
     await new Promise(r => setTimeout(r, 300));
     app.canvas.setDirty(true, true);
-    const nodes = app.graph._nodes.map(n => ({
+    const describe = n => ({
         id: n.id, type: n.type, title: n.title, has_errors: !!n.has_errors, mode: n.mode,
         registered: !!LiteGraph.registered_node_types[n.type],
         inputs: (n.inputs || []).map(i => [i.name, i.type, i.link]),
-        widgets: (n.widgets || []).map(w => [w.name, w.type, w.value])}));
+        widgets: (n.widgets || []).map(w => [w.name, w.type, w.value])});
+    // a subgraph node (a placed blueprint) also lists the nodes inside it
+    const nodes = app.graph._nodes.map(n => Object.assign(describe(n), {
+        subgraph: !!n.subgraph, inner: n.subgraph ? n.subgraph.nodes.map(describe) : []}));
     const dialogs = [...document.querySelectorAll('.p-dialog')].map(d => d.innerText);
     const prompt = await app.graphToPrompt();
     return {nodes, dialogs, output: prompt.output};

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from wplus_core import model_files
 
+from . import blueprints
+from .graph import MODEL_INPUTS, WIDGET_TYPES, L, N, check_nodes, default, input_specs, is_widget, model_url, topo  # noqa: F401
+
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "example_workflows"
 API_DIR = WORKFLOWS_DIR / "api"
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the reference's negative prompt
 # the files the workflows load: wplus_core/model_files.py says where each comes from (the frontend's
 # missing-model dialog sends users there: node properties "models")
@@ -35,7 +37,6 @@ E4E, PSFRGAN = model_files.name_of("e4e"), model_files.name_of("psfrgan")
 # the committed files are the same whichever host generated them (0.28 renamed LoraLoader's).
 HOST_INDEPENDENT_TITLES = {"LoraLoader": "Load LoRA"}
 
-MODEL_INPUTS = model_files.LOADERS  # loader node -> (widget, models folder)
 BYPASS = 4  # LiteGraph's node mode "bypass": in the UI file, left out of the API twin (Ctrl+B toggles it)
 # The official notebooks' sampling, in ComfyUI's terms (tests/host/test_reference_schedules.py
 # compares the sigmas with diffusers' schedulers):
@@ -53,29 +54,6 @@ FREEU = {"b1": 1.1, "b2": 1.2, "s1": 0.6, "s2": 0.4}  # the reference's enable_f
 
 # titled groups of the graph editor, left to right in the order the data flows
 FACE, MODEL, IMAGE = "Face → W+", "Model + W+ adapter", "Prompt → image"
-
-
-def model_url(filename: str):
-    """(folder, url) of a file the workflows name, or None (e.g. a user's LoRA)."""
-    known = model_files.by_name(filename)
-    return (known.folder, known.url) if known else None
-
-
-@dataclass
-class L:
-    """A link: output ``slot`` of node ``node``."""
-    node: int
-    slot: int = 0
-
-
-@dataclass
-class N:
-    id: int
-    type: str
-    inputs: dict = field(default_factory=dict)
-    title: str | None = None
-    group: str | None = None  # title of the group the node sits in (None: outside any group)
-    mode: int = 0  # BYPASS: in the graph editor but bypassed (absent from the API twin)
 
 
 @dataclass
@@ -317,85 +295,48 @@ def _weight_sweep_identity() -> Spec:
         f"`{model_files.name_of('dlib_recogniser')}` in models/dlib (downloaded on first use)."), nodes)
 
 
+def _blueprint_photo_to_image() -> Spec:
+    """Workflow 1's identity path in one node: the W+ Personalize Model blueprint."""
+    personalize = blueprints.BY_NAME["W+ Personalize Model"]
+    group = "Photo + model → personalised model"
+    nodes = [N(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, group=group),
+             N(9, "VAELoader", {"vae_name": VAE}, "VAE (sd-vae-ft-mse)", group),
+             N(2, "LoadImage", {"image": "wild_1.jpg"}, "Photo", group),
+             N(3, personalize.name, {"model": L(1, 0), "image": L(2)}, group=group),
+             N(8, "FreeU", {"model": L(3), **FREEU}, group=group)]
+    samp, _ = _sampling(10, model=L(8), clip=L(1, 1), vae=L(9), prefix="wplus/blueprint_photo_to_image",
+                        sampler=PAPER_STAGE2, prompt="a photo of a person wearing a red sweater in a cafe, natural light")
+    nodes += samp
+    return Spec("wplus_7_blueprint_photo_to_image", (
+        "## W+ Adapter in one node: the W+ Personalize Model blueprint\n"
+        "Workflow 1 with the face path folded into **W+ Personalize Model**, a subgraph blueprint of the "
+        "pack: an SD1.5 MODEL and a photo in, the MODEL that draws that person out. Inside (double-click the "
+        "node): W+ Face Align -> W+ e4e Loader + Invert -> W+ Adapter Loader + W+ Apply Adapter; weight and "
+        "start_at are its widgets (1.0 and 0.2, the paper's).\n\n"
+        "On ComfyUI 0.28 and later the node library lists the pack's blueprints under *Subgraph Blueprints* "
+        "(W+ Identity from Photo, W+ Personalize Model): drag one into any graph. Sampling as in workflow 1: "
+        "euler/normal, 30 steps, CFG 7.5, FreeU, the sd-vae-ft-mse VAE."), nodes)
+
+
 SPECS = [_photo_to_image(), _smile_sweep(), _interpolation(), _stage1_closeup(), _controlnet_lora(),
-         _weight_sweep_identity()]
+         _weight_sweep_identity(), _blueprint_photo_to_image()]
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 
 
 # ---------------------------------------------------------------------------------------- builder
-def _is_widget(spec) -> bool:
-    kind, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
-    if opts.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def _input_specs(info: dict) -> list[tuple[str, list]]:
-    """(name, spec) in the host's order: required then optional, as /object_info's input_order says."""
-    order = info.get("input_order") or {}
-    out = []
-    for section in ("required", "optional"):
-        specs = info.get("input", {}).get(section, {}) or {}
-        for name in order.get(section, list(specs)):
-            if name in specs:
-                out.append((name, specs[name]))
-    return out
-
-
-def _default(spec):
-    kind, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
-    if "default" in opts:
-        return opts["default"]
-    if isinstance(kind, list):
-        return kind[0] if kind else None
-    if kind == "COMBO":
-        options = opts.get("options") or []
-        return options[0] if options else None
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
-
-
-def _topo(spec) -> list[N]:
-    """The nodes of a workflow or blueprint description (anything with .nodes), inputs first."""
-    by_id = {n.id: n for n in spec.nodes}
-    done, order = set(), []
-
-    def visit(n):
-        if n.id in done:
-            return
-        done.add(n.id)
-        for v in n.inputs.values():
-            if isinstance(v, L):
-                visit(by_id[v.node])
-        order.append(n)
-
-    for n in sorted(spec.nodes, key=lambda n: n.id):
-        visit(n)
-    return order
-
-
-def check_nodes(spec, object_info: dict) -> dict:
-    """{id: node} of a workflow or blueprint description (anything with .name and .nodes); raises
-    KeyError/ValueError when it does not fit the host's node definitions."""
-    by_id = {n.id: n for n in spec.nodes}
-    if len(by_id) != len(spec.nodes):
-        raise ValueError(f"{spec.name}: two nodes share an id")
-    missing = sorted({n.type for n in spec.nodes if n.type not in object_info})
-    if missing:
-        raise KeyError(f"{spec.name}: node types unknown to this ComfyUI: {', '.join(missing)}")
-    for n in spec.nodes:
-        names = {name for name, _ in _input_specs(object_info[n.type])}
-        unknown = set(n.inputs) - names
-        if unknown:
-            raise KeyError(f"{spec.name}: node {n.id} ({n.type}) has no input(s) {sorted(unknown)}; "
-                           f"it has {sorted(names)}")
-    return by_id
-
-
 def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
-    """(UI workflow, API prompt) for one description, with the host's node definitions."""
-    by_id = check_nodes(spec, object_info)
+    """(UI workflow, API prompt) for one description, with the host's node definitions. A node
+    whose type is the name of one of the pack's blueprints (cli/blueprints.py) is placed as that
+    subgraph: the UI file carries its definition, the API twin its inner nodes, flattened as the
+    page queues them ("<node>:<inner node>")."""
+    placed = {n.id: blueprints.BY_NAME[n.type] for n in spec.nodes if n.type in blueprints.BY_NAME}
+    info_of = dict(object_info)  # node type -> definition; a placed blueprint's is its ports
+    for bp in placed.values():
+        info_of[bp.name] = blueprints.node_info(bp, object_info)
+    by_id = check_nodes(spec, info_of)
+    object_info = info_of
 
-    order = _topo(spec)
+    order = topo(spec)
 
     def through_bypass(link: L) -> L:
         """The API twin's source of a link: a bypassed node passes on its input of the output's
@@ -409,6 +350,14 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
                 raise KeyError(f"{spec.name}: bypassed node {n.id} ({n.type}) has no {want} input to pass on")
             link = ins[0]
         return link
+
+    def api_source(link: L) -> list:
+        """A link's value in the API twin: [node id, slot], or the inner node behind a blueprint's output."""
+        source = through_bypass(link)
+        if source.node in placed:
+            return blueprints.output_source(placed[source.node], source.node, source.slot)
+        return [str(source.node), source.slot]
+
     groups = _group_order(spec)
 
     # links, numbered in the order of the consumers' inputs
@@ -417,11 +366,14 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
     ui_nodes = []
     for rank, n in enumerate(order):
         info = object_info[n.type]
+        if n.id in placed:
+            ui_nodes.append(_placed_blueprint(spec, n, placed[n.id], rank, info_of, links, out_links, api_source, api))
+            continue
         inputs_ui, widgets, api_inputs = [], [], {}
-        for name, ispec in _input_specs(info):
+        for name, ispec in input_specs(info):
             value = n.inputs.get(name)
-            if _is_widget(ispec) and not isinstance(value, L):
-                value = _default(ispec) if value is None else value
+            if is_widget(ispec) and not isinstance(value, L):
+                value = default(ispec) if value is None else value
                 widgets.append(value)
                 opts = ispec[1] if len(ispec) > 1 and isinstance(ispec[1], dict) else {}
                 if opts.get("control_after_generate"):
@@ -437,11 +389,10 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
                 out_type = object_info[src.type]["output"][value.slot]
                 links.append([link_id, value.node, value.slot, n.id, len(inputs_ui), out_type])
                 out_links.setdefault((value.node, value.slot), []).append(link_id)
-                source = through_bypass(value)
-                api_inputs[name] = [str(source.node), source.slot]
+                api_inputs[name] = api_source(value)
             kind = ispec[0] if not isinstance(ispec[0], list) else "COMBO"
             entry = {"name": name, "type": kind, "link": link_id}
-            if _is_widget(ispec):
+            if is_widget(ispec):
                 entry["widget"] = {"name": name}
             inputs_ui.append(entry)
         title = n.title or HOST_INDEPENDENT_TITLES.get(n.type) or info.get("display_name") or n.type
@@ -459,7 +410,7 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
                                                  "directory": known[0]}]
         ui_nodes.append(node)
     for node in ui_nodes:
-        info = object_info[node["type"]]
+        info = object_info[by_id[node["id"]].type]
         names = info.get("output_name") or info["output"]
         outputs = [{"name": names[i], "type": t, "links": out_links.get((node["id"], i), []),
                     "slot_index": i} for i, t in enumerate(info["output"])]
@@ -480,7 +431,37 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
     ui = {"last_node_id": note_id, "last_link_id": len(links), "nodes": ui_nodes,
           "links": links, "groups": ui_groups, "config": {},
           "extra": {"ds": _fit(ui_nodes, ui_groups)}, "version": 0.4}
+    if placed:  # each blueprint's definition once, in the order first placed
+        used = list({bp.name: bp for bp in placed.values()}.values())
+        ui["definitions"] = {"subgraphs": [blueprints.definition(bp, info_of) for bp in used]}
     return ui, api
+
+
+def _placed_blueprint(spec, n, bp, rank, object_info, links, out_links, api_source, api) -> dict:
+    """The UI node of blueprint ``bp`` placed as node ``n`` (its socket inputs linked; links are
+    added to ``links``/``out_links``), and its inner nodes added to the API twin ``api``. The
+    exposed widgets keep the blueprint's values: the definition in the file is the blueprint's own."""
+    node = blueprints.outer_node(bp, object_info, n.id)
+    port_values = {}
+    for slot, entry in enumerate(node["inputs"]):
+        value = n.inputs.get(entry["name"])
+        if value is None:
+            continue
+        if not isinstance(value, L):
+            raise ValueError(f"{spec.name}: node {n.id} ({bp.name}): {entry['name']} is the blueprint's own "
+                             "value; give links only")
+        link_id = len(links) + 1
+        src_type = next(m.type for m in spec.nodes if m.id == value.node)
+        links.append([link_id, value.node, value.slot, n.id, slot, object_info[src_type]["output"][value.slot]])
+        out_links.setdefault((value.node, value.slot), []).append(link_id)
+        entry["link"] = link_id
+        port_values[entry["name"]] = api_source(value)
+    node["order"] = rank
+    if n.title:
+        node["title"] = n.title
+    if n.mode != BYPASS:
+        api.update(blueprints.flatten(bp, n.id, port_values, object_info))
+    return node
 
 
 # ---------------------------------------------------------------------------------------- layout

@@ -66,7 +66,7 @@ class WPlusRestoreFace(io.ComfyNode):
         if image.ndim != 4 or image.shape[1] != image.shape[2]:
             raise WPlusError(f"W+ Restore Face: the image is {image.shape[2]}x{image.shape[1]}; PSFRGAN needs "
                              "square FFHQ-aligned faces. Connect the 'aligned' output of W+ Face Align.")
-        if strength <= 0:
+        if strength <= 0:  # loads nothing: model_files.LOADS_NOTHING_AT says so to the CLI's file check
             return io.NodeOutput(image)
         # both loaded at once (loading one never evicts the other); PSFRGAN was trained on
         # ParseNet's labels

@@ -71,3 +71,28 @@ def test_command_line_option():
     assert ap.parse_args(base).restore is None
     assert ap.parse_args(base + ["--restore"]).restore == 1.0
     assert ap.parse_args(base + ["--restore", "0.5"]).restore == 0.5
+
+
+def test_restore_reaches_the_restorer_inside_a_placed_blueprint():
+    """A user's API export with the W+ Identity from Photo blueprint: the page flattens it to
+    "<node>:<inner node>" keys, its W+ Restore Face at strength 0 (off). --restore turns that one on
+    instead of adding a second restorer."""
+    import json
+    from pathlib import Path
+
+    from cli import blueprints
+    info = json.loads((Path(__file__).parent / "data" / "v1" / "object_info_0.28.0.json").read_text())
+    bp = blueprints.BY_NAME["W+ Identity from Photo"]
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "me.jpg"}},
+              **blueprints.flatten(bp, 7, {"image": ["1", 0]}, info),
+              "9": {"class_type": "WPlusSave", "inputs": {"wplus": blueprints.output_source(bp, 7, 1),
+                                                         "filename_prefix": "wplus/me"}}}
+    (inner,) = _restorers(prompt)
+    assert inner == "7:102" and prompt[inner]["inputs"]["strength"] == 0.0
+    # off: neither PSFRGAN nor the parser it would use are needed (the node loads nothing)
+    assert ("psfrgan", "psfrgan_epoch15_net_G.pth") not in run.required_files(prompt)
+    assert ("facexlib", "parsing_parsenet.pth") in run.required_files(prompt)  # still Face Align's
+    p = prompts.apply_options(copy.deepcopy(prompt), opts(restore=0.7))
+    assert list(_restorers(p)) == ["7:102"] and p["7:102"]["inputs"]["strength"] == 0.7
+    assert p["7:104"]["inputs"]["image"] == ["7:102", 0]  # e4e reads the restored faces
+    assert ("psfrgan", "psfrgan_epoch15_net_G.pth") in run.required_files(p)

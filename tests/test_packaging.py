@@ -87,9 +87,15 @@ def test_ui_and_api_twins_agree(ui_path, api_path):
         assert nodes[src]["outputs"][src_slot]["type"] == kind
     # the API twin has the same executable nodes and the same connections
     # (a bypassed node, mode 4, is left out and passed through: its consumers read the input of
-    # the same type that feeds it, as the graph editor builds the prompt)
+    # the same type that feeds it, as the graph editor builds the prompt; a subgraph node, one whose
+    # type is the id of a definition in definitions.subgraphs, is replaced by its inner nodes,
+    # "<node>:<inner node>", as the page flattens it)
+    subgraphs = {d["id"]: d for d in (ui.get("definitions") or {}).get("subgraphs", [])}
+    for d in subgraphs.values():
+        inner = {m["id"] for m in d["nodes"]}
+        assert not inner & set(nodes), "inner node ids must differ from the graph's (the page renumbers them)"
     runnable = {i: n for i, n in nodes.items() if n["type"] not in FRONTEND_ONLY and n["mode"] != 4}
-    assert set(api) == {str(i) for i in runnable}
+    expected = {}  # api key -> (node, links {input: source}, definition or None)
     by_link = {l[0]: l for l in ui["links"]}
 
     def source(link_id):
@@ -98,22 +104,48 @@ def test_ui_and_api_twins_agree(ui_path, api_path):
             fed = [inp["link"] for inp in nodes[link[1]]["inputs"] if inp["type"] == link[5] and inp.get("link")]
             assert fed, f"bypassed node {link[1]} has no {link[5]} input to pass through"
             link = by_link[fed[0]]
+        origin = nodes[link[1]]
+        if origin["type"] in subgraphs:  # an output of a subgraph node: the inner node behind it
+            (inner,) = [l for l in subgraphs[origin["type"]]["links"] if l["target_id"] == -20
+                        and l["target_slot"] == link[2]]
+            return [f"{link[1]}:{inner['origin_id']}", inner["origin_slot"]]
         return [str(link[1]), link[2]]
+
     for i, n in runnable.items():
-        entry = api[str(i)]
+        if n["type"] not in subgraphs:
+            expected[str(i)] = (n, {k: source(v) for k, v in _linked(n).items()})
+            continue
+        d = subgraphs[n["type"]]
+        inner_links = {l["id"]: l for l in d["links"]}
+        for m in d["nodes"]:
+            links = {}
+            for name, link_id in _linked(m).items():
+                l = inner_links[link_id]
+                if l["origin_id"] == -10:  # an input of the subgraph: what the outer node is linked to
+                    outer_link = n["inputs"][l["origin_slot"]].get("link")
+                    if outer_link is not None:
+                        links[name] = source(outer_link)
+                else:
+                    links[name] = [f"{i}:{l['origin_id']}", l["origin_slot"]]
+            expected[f"{i}:{m['id']}"] = (m, links)
+    assert set(api) == set(expected)
+    for key, (n, linked) in expected.items():
+        entry = api[key]
         assert entry["class_type"] == n["type"]
-        linked = {inp["name"]: inp["link"] for inp in n.get("inputs", []) if inp.get("link") is not None}
         api_links = {k: v for k, v in entry["inputs"].items() if isinstance(v, list)}
-        assert set(linked) == set(api_links), (i, n["type"])
-        for name, link_id in linked.items():
-            assert api_links[name] == source(link_id), (i, name)
+        assert api_links == linked, (key, n["type"])
         # widget values in order; the UI may hold one extra value per seed (control_after_generate)
         # or image upload widget, which the API format leaves out
         widgets = [v for k, v in entry["inputs"].items() if not isinstance(v, list)]
         values = list(n.get("widgets_values", []))
         it = iter(values)
-        assert all(any(w == v for v in it) for w in widgets), (i, n["type"], widgets, values)
-        assert len(values) - len(widgets) <= 1, (i, n["type"], widgets, values)
+        assert all(any(w == v for v in it) for w in widgets), (key, n["type"], widgets, values)
+        assert len(values) - len(widgets) <= 1, (key, n["type"], widgets, values)
+
+
+def _linked(node) -> dict:
+    """{input name: link id} of a UI node's linked inputs."""
+    return {inp["name"]: inp["link"] for inp in node.get("inputs", []) if inp.get("link") is not None}
 
 
 def test_relative_links_of_the_readme_and_docs_resolve():

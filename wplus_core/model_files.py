@@ -87,6 +87,9 @@ LOADERS = {
     "WPlusE4ELoader": ("e4e_name", "e4e"),
     "WPlusRestoreFace": ("psfrgan_name", "psfrgan"),
 }
+# nodes that load nothing at all with this input at or below this value: W+ Restore Face at strength
+# 0 passes the faces through (nodes/restore_nodes.py; the W+ Identity from Photo blueprint holds it so)
+LOADS_NOTHING_AT = {"WPlusRestoreFace": ("strength", 0.0)}
 
 WEIGHT_EXTS = (".bin", ".pt", ".pth", ".safetensors")
 DIRECTION_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".npy")
@@ -221,6 +224,10 @@ def files_for_prompt(prompt: dict) -> list[tuple[str, str]]:
     need = []
     for node in prompt.values():
         class_type, inputs = node.get("class_type"), node.get("inputs", {})
+        if class_type in LOADS_NOTHING_AT:
+            name, off = LOADS_NOTHING_AT[class_type]
+            if isinstance(inputs.get(name), (int, float)) and inputs[name] <= off:
+                continue
         if class_type in LOADERS:
             key, folder = LOADERS[class_type]
             if isinstance(inputs.get(key), str):

@@ -38,14 +38,25 @@ def test_workflow_loads_in_the_graph_editor(page, name, object_info, artifacts):
     page.screenshot(path=str(artifacts / f"{name}.png"))
     page.keyboard.press("Escape")
 
-    missing = [n["type"] for n in result["nodes"] if not n["registered"] or n["has_errors"]]
+    # a placed blueprint is a subgraph node: its definition travels in the file
+    subgraphs = {d["id"]: d for d in (ui.get("definitions") or {}).get("subgraphs", [])}
+    placed = [n for n in result["nodes"] if n["type"] in subgraphs]
+    assert all(n["subgraph"] for n in placed), placed
+    assert len(placed) == len([n for n in ui["nodes"] if n["type"] in subgraphs])
+    inner = [m for n in placed for m in n["inner"]]
+    missing = [n["type"] for n in result["nodes"] + inner
+               if not (n["registered"] or n["type"] in subgraphs) or n["has_errors"]]
     assert not missing, f"missing/broken nodes in the page: {missing}"
     assert not [d for d in result["dialogs"] if "missing" in d.lower()], result["dialogs"]
     assert len(result["nodes"]) == len(ui["nodes"])
 
-    # our nodes render with the widgets the server defines, holding the workflow's values
+    # our nodes (those inside placed blueprints too) render with the widgets the server defines,
+    # holding the workflow's values
     by_id = {str(n["id"]): n for n in ui["nodes"]}  # frontend 1.49 reports ids as strings
-    ours = [n for n in result["nodes"] if n["type"].startswith(("WPlus", "ApplyWPlus"))]
+    for d in subgraphs.values():
+        for m in d["nodes"]:
+            by_id[str(m["id"])] = m  # inner ids differ from the graph's (tests/test_packaging.py)
+    ours = [n for n in result["nodes"] + inner if n["type"].startswith(("WPlus", "ApplyWPlus"))]
     assert ours, "no W+ node in the workflow"
     for n in ours:
         spec = object_info[n["type"]]
