@@ -121,6 +121,7 @@ def _personalize_model() -> Blueprint:
 
 BLUEPRINTS = [_identity_from_photo(), _personalize_model()]
 BY_NAME = {b.name: b for b in BLUEPRINTS}
+BY_ID = {b.id: b for b in BLUEPRINTS}  # a placed blueprint's node type is its id
 
 
 # ---------------------------------------------------------------------------------------- builder

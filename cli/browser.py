@@ -210,7 +210,8 @@ def _save_jpeg(page, clip, target: Path, width: int) -> Path:
 def make_thumbnails(server, names, out_dir: Path, width: int = 640, docs_dir: Path | None = None,
                     with_photos: bool = True) -> list[Path]:
     """A JPEG of each workflow's whole graph, as ComfyUI's template browser shows next to its
-    name; with ``docs_dir``, also the node docs pictures of DOC_IMAGES (1400 px wide). Put the
+    name; with ``docs_dir``, also the node docs pictures of DOC_IMAGES (1400 px wide) of those
+    workflows. Put the
     workflows' photos in the server's input folder first (``with_photos``) so Load Image shows them."""
     from . import workflows
     written = []
@@ -223,6 +224,8 @@ def make_thumbnails(server, names, out_dir: Path, width: int = 640, docs_dir: Pa
             page.keyboard.press("Escape")
             written.append(_save_jpeg(page, fit_view(page), out_dir / f"{name}.jpg", width))
         for file, (name, group) in (DOC_IMAGES.items() if docs_dir else ()):
+            if name not in names:
+                continue
             ui = workflows.load_ui(name)
             load_workflow(page, ui, name, images_timeout=30 if with_photos else 1)
             page.keyboard.press("Escape")

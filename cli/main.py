@@ -59,6 +59,11 @@ def _thumbnails(args) -> int:
     import shutil
     from . import browser, workflows
     photos = args.photos or Path(__file__).resolve().parents[2] / "shared" / "reference" / "photos"
+    unknown = sorted(set(args.only) - {s.name for s in workflows.SPECS})
+    if unknown:
+        print(f"--only {', '.join(unknown)}: no such workflow; they are "
+              + ", ".join(s.name for s in workflows.SPECS), file=sys.stderr)
+        return 2
 
     def job(server):
         # the workflows' example photos (wild_1.jpg, aligned_1.png, pose_1.png), so Load Image shows them
@@ -68,7 +73,8 @@ def _thumbnails(args) -> int:
         if not found:
             print(f"no photos in {photos} (--photos DIR): Load Image nodes stay empty", file=sys.stderr)
         docs = Path(__file__).resolve().parents[1] / "web" / "docs" / "images"
-        for path in browser.make_thumbnails(server, [s.name for s in workflows.SPECS], workflows.WORKFLOWS_DIR,
+        names = [s.name for s in workflows.SPECS if not args.only or s.name in args.only]
+        for path in browser.make_thumbnails(server, names, workflows.WORKFLOWS_DIR,
                                             docs_dir=docs, with_photos=bool(found)):
             print("wrote", path)
         return 0
@@ -95,6 +101,8 @@ def main(argv=None) -> int:
     p_th.add_argument("--comfyui", type=Path, default=None)
     p_th.add_argument("--photos", type=Path, default=None,
                       help="folder with the workflows' photos (default: ../shared/reference/photos)")
+    p_th.add_argument("--only", action="append", default=[], metavar="NAME",
+                      help="only this workflow's pictures (repeatable; default: every workflow)")
     p_docs = sub.add_parser("docs", help="check (or --write) the README's model-file table and pyproject's "
                                          "[[tool.comfy.Models]] against wplus_core/model_files.py")
     p_docs.add_argument("--write", action="store_true")

@@ -14,7 +14,7 @@ import json
 import pytest
 from PIL import Image
 
-from cli import browser, workflows
+from cli import blueprints, browser, workflows
 
 NAMES = [s.name for s in workflows.SPECS]
 FRONTEND_NOTES = {"MarkdownNote", "Note"}
@@ -43,6 +43,10 @@ def test_workflow_loads_in_the_graph_editor(page, name, object_info, artifacts):
     placed = [n for n in result["nodes"] if n["type"] in subgraphs]
     assert all(n["subgraph"] for n in placed), placed
     assert len(placed) == len([n for n in ui["nodes"] if n["type"] in subgraphs])
+    for n in placed:  # its exposed widgets show the blueprint's values
+        bp = blueprints.BY_ID[n["type"]]
+        assert [[w[0], w[2]] for w in n["widgets"]] == [[p.name, blueprints.port_default(bp, p, object_info)]
+                                                       for p in blueprints.widget_ports(bp, object_info)], n
     inner = [m for n in placed for m in n["inner"]]
     missing = [n["type"] for n in result["nodes"] + inner
                if not (n["registered"] or n["type"] in subgraphs) or n["has_errors"]]
