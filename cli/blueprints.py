@@ -28,7 +28,7 @@ from pathlib import Path
 
 from wplus_core import model_files
 
-from .graph import MODEL_INPUTS, L, N, check_nodes, default, input_specs, is_widget, model_url, topo
+from .graph import MODEL_INPUTS, L, N, check_nodes, default, input_specs, is_widget, model_url, topo, widget_entries
 
 SUBGRAPHS_DIR = Path(__file__).resolve().parents[1] / "subgraphs"
 CATEGORY = "W+ Adapter"  # the pack's node category: the library shows "Subgraph Blueprints/W+ Adapter"
@@ -209,13 +209,7 @@ def definition(bp: Blueprint, object_info: dict) -> dict:
             if is_widget(ispec):
                 if isinstance(value, L):
                     raise ValueError(f"{bp.name}: widget {name} of node {n.id} is linked: use a Port")
-                value = default(ispec) if value is None else value
-                widgets.append(value)
-                opts = ispec[1] if len(ispec) > 1 and isinstance(ispec[1], dict) else {}
-                if opts.get("control_after_generate"):
-                    widgets.append("fixed")
-                if opts.get("image_upload"):
-                    widgets.append("image")
+                widgets += widget_entries(ispec, default(ispec) if value is None else value)
             link_id = None
             if port is not None:
                 link_id = len(links) + 1

@@ -101,3 +101,12 @@ def check_nodes(spec, object_info: dict) -> dict:
             raise KeyError(f"{spec.name}: node {n.id} ({n.type}) has no input(s) {sorted(unknown)}; "
                            f"it has {sorted(names)}")
     return by_id
+
+
+def widget_entries(spec, value) -> list:
+    """What a UI file's ``widgets_values`` holds for one widget input: its value, then the extra
+    widget the page adds after it ("fixed" after a seed's control_after_generate, "image" after an
+    upload button)."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return ([value] + (["fixed"] if opts.get("control_after_generate") else [])
+            + (["image"] if opts.get("image_upload") else []))

@@ -31,25 +31,14 @@ def _with_server(args, job, placeholder_models: bool = False) -> int:
             return job(server)
 
 
-def _workflows(args) -> int:
-    from . import workflows
+def _generated_files(args, write_all) -> int:
+    """Compare (or with --write rewrite) generated files with what ``write_all(object_info, check)``
+    makes from a throwaway ComfyUI's node definitions: example workflows or blueprints."""
     info = {}
     rc = _with_server(args, lambda server: info.update(server.get_json("/object_info")))
     if rc:
         return rc
-    stale = workflows.write_all(info, check=not args.write)
-    for name in stale:
-        print(("wrote " if args.write else "out of date: ") + name)
-    return 1 if stale and not args.write else 0
-
-
-def _blueprints(args) -> int:
-    from . import blueprints
-    info = {}
-    rc = _with_server(args, lambda server: info.update(server.get_json("/object_info")))
-    if rc:
-        return rc
-    stale = blueprints.write_all(info, check_only=not args.write)
+    stale = write_all(info, not args.write)
     for name in stale:
         print(("wrote " if args.write else "out of date: ") + name)
     return 1 if stale and not args.write else 0
@@ -115,5 +104,7 @@ def main(argv=None) -> int:
     if args.command == "thumbnails":
         return _thumbnails(args)
     if args.command == "blueprints":
-        return _blueprints(args)
-    return _workflows(args)
+        from . import blueprints
+        return _generated_files(args, blueprints.write_all)
+    from . import workflows
+    return _generated_files(args, workflows.write_all)

@@ -21,7 +21,7 @@ from pathlib import Path
 from wplus_core import model_files
 
 from . import blueprints
-from .graph import MODEL_INPUTS, WIDGET_TYPES, L, N, check_nodes, default, input_specs, is_widget, model_url, topo  # noqa: F401
+from .graph import MODEL_INPUTS, WIDGET_TYPES, L, N, check_nodes, default, input_specs, is_widget, model_url, topo, widget_entries  # noqa: F401
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "example_workflows"
 API_DIR = WORKFLOWS_DIR / "api"
@@ -374,12 +374,7 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
             value = n.inputs.get(name)
             if is_widget(ispec) and not isinstance(value, L):
                 value = default(ispec) if value is None else value
-                widgets.append(value)
-                opts = ispec[1] if len(ispec) > 1 and isinstance(ispec[1], dict) else {}
-                if opts.get("control_after_generate"):
-                    widgets.append("fixed")
-                if opts.get("image_upload"):
-                    widgets.append("image")
+                widgets += widget_entries(ispec, value)
                 api_inputs[name] = value
                 continue
             link_id = None
