@@ -21,7 +21,8 @@ from pathlib import Path
 from wplus_core import model_files
 
 from . import blueprints
-from .graph import MODEL_INPUTS, WIDGET_TYPES, L, N, check_nodes, default, input_specs, is_widget, model_url, topo, widget_entries  # noqa: F401
+from .graph import (MODEL_INPUTS, WIDGET_TYPES, L, N, check_nodes, default, input_specs,  # noqa: F401 (re-exported)
+                    is_widget, model_url, topo, widget_entries)
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "example_workflows"
 API_DIR = WORKFLOWS_DIR / "api"
@@ -330,11 +331,9 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
     subgraph: the UI file carries its definition, the API twin its inner nodes, flattened as the
     page queues them ("<node>:<inner node>")."""
     placed = {n.id: blueprints.BY_NAME[n.type] for n in spec.nodes if n.type in blueprints.BY_NAME}
-    info_of = dict(object_info)  # node type -> definition; a placed blueprint's is its ports
-    for bp in placed.values():
-        info_of[bp.name] = blueprints.node_info(bp, object_info)
-    by_id = check_nodes(spec, info_of)
-    object_info = info_of
+    # a placed blueprint's definition (its ports) joins the host's, under the blueprint's name
+    object_info = {**object_info, **{bp.name: blueprints.node_info(bp, object_info) for bp in placed.values()}}
+    by_id = check_nodes(spec, object_info)
 
     order = topo(spec)
 
@@ -367,7 +366,8 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
     for rank, n in enumerate(order):
         info = object_info[n.type]
         if n.id in placed:
-            ui_nodes.append(_placed_blueprint(spec, n, placed[n.id], rank, info_of, links, out_links, api_source, api))
+            ui_nodes.append(_placed_blueprint(n, placed[n.id], rank, by_id, object_info, links, out_links,
+                                              api_source, api))
             continue
         inputs_ui, widgets, api_inputs = [], [], {}
         for name, ispec in input_specs(info):
@@ -428,11 +428,11 @@ def build(spec: Spec, object_info: dict) -> tuple[dict, dict]:
           "extra": {"ds": _fit(ui_nodes, ui_groups)}, "version": 0.4}
     if placed:  # each blueprint's definition once, in the order first placed
         used = list({bp.name: bp for bp in placed.values()}.values())
-        ui["definitions"] = {"subgraphs": [blueprints.definition(bp, info_of) for bp in used]}
+        ui["definitions"] = {"subgraphs": [blueprints.definition(bp, object_info) for bp in used]}
     return ui, api
 
 
-def _placed_blueprint(spec, n, bp, rank, object_info, links, out_links, api_source, api) -> dict:
+def _placed_blueprint(n, bp, rank, by_id, object_info, links, out_links, api_source, api) -> dict:
     """The UI node of blueprint ``bp`` placed as node ``n`` (its socket inputs linked; links are
     added to ``links``/``out_links``), and its inner nodes added to the API twin ``api``. The
     exposed widgets keep the blueprint's values: the definition in the file is the blueprint's own."""
@@ -443,11 +443,10 @@ def _placed_blueprint(spec, n, bp, rank, object_info, links, out_links, api_sour
         if value is None:
             continue
         if not isinstance(value, L):
-            raise ValueError(f"{spec.name}: node {n.id} ({bp.name}): {entry['name']} is the blueprint's own "
+            raise ValueError(f"node {n.id} ({bp.name}): {entry['name']} is the blueprint's own "
                              "value; give links only")
         link_id = len(links) + 1
-        src_type = next(m.type for m in spec.nodes if m.id == value.node)
-        links.append([link_id, value.node, value.slot, n.id, slot, object_info[src_type]["output"][value.slot]])
+        links.append([link_id, value.node, value.slot, n.id, slot, object_info[by_id[value.node].type]["output"][value.slot]])
         out_links.setdefault((value.node, value.slot), []).append(link_id)
         entry["link"] = link_id
         port_values[entry["name"]] = api_source(value)
